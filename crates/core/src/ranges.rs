@@ -1,0 +1,171 @@
+//! Chunk ranges: which parts of a blob are present or wanted.
+//!
+//! BLAKE3 works in 1 KiB chunks; modeld verifies in chunk groups of 16 chunks
+//! (16 KiB, [`BLOCK_SIZE`]). Ranges are kept as [`ChunkRanges`] (sets of chunk
+//! numbers) and converted to byte ranges only for people.
+
+use std::ops::Range;
+
+pub use bao_tree::{BaoTree, BlockSize, ChunkNum, ChunkRanges};
+use smallvec::SmallVec;
+
+/// The verification granularity: 2^4 chunks = 16 KiB chunk groups.
+pub const BLOCK_SIZE: BlockSize = BlockSize::from_chunk_log(4);
+/// Bytes in one chunk.
+pub const CHUNK_BYTES: u64 = 1024;
+/// Bytes in one chunk group.
+pub const CHUNK_GROUP_BYTES: u64 = 16 * 1024;
+
+/// The bao tree of a blob of `size` bytes.
+pub fn tree(size: u64) -> BaoTree {
+    BaoTree::new(size, BLOCK_SIZE)
+}
+
+/// The number of chunks in a blob of `size` bytes.
+pub fn chunks(size: u64) -> u64 {
+    size.div_ceil(CHUNK_BYTES)
+}
+
+/// Every chunk of a blob of `size` bytes, as a bounded range.
+pub fn all(size: u64) -> ChunkRanges {
+    ChunkRanges::from(ChunkNum(0)..ChunkNum(chunks(size)))
+}
+
+/// `ranges` with everything at or past the end of a blob of `size` bytes removed.
+pub fn clip(ranges: &ChunkRanges, size: u64) -> ChunkRanges {
+    ranges & &all(size)
+}
+
+/// Whether `ranges` covers every chunk of a blob of `size` bytes.
+pub fn is_complete(ranges: &ChunkRanges, size: u64) -> bool {
+    all(size).is_subset(ranges)
+}
+
+/// The byte ranges `ranges` covers in a blob of `size` bytes.
+pub fn byte_ranges(ranges: &ChunkRanges, size: u64) -> Vec<Range<u64>> {
+    clip(ranges, size)
+        .iter()
+        .map(|r| {
+            use range_collections::range_set::RangeSetRange;
+            match r {
+                RangeSetRange::Range(r) => {
+                    r.start.0 * CHUNK_BYTES..(r.end.0 * CHUNK_BYTES).min(size)
+                }
+                RangeSetRange::RangeFrom(r) => r.start.0 * CHUNK_BYTES..size,
+            }
+        })
+        .filter(|r| r.start < r.end)
+        .collect()
+}
+
+/// Total bytes `ranges` covers in a blob of `size` bytes.
+pub fn covered_bytes(ranges: &ChunkRanges, size: u64) -> u64 {
+    byte_ranges(ranges, size)
+        .iter()
+        .map(|r| r.end - r.start)
+        .sum()
+}
+
+/// Human text for byte ranges: `0..16384, 32768..40000`.
+pub fn format_byte_ranges(ranges: &[Range<u64>]) -> String {
+    ranges
+        .iter()
+        .map(|r| format!("{}..{}", r.start, r.end))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The chunk ranges covering bytes `range` (rounded outwards to whole chunks).
+pub fn from_bytes(range: Range<u64>) -> ChunkRanges {
+    let start = range.start / CHUNK_BYTES;
+    let end = range.end.div_ceil(CHUNK_BYTES);
+    ChunkRanges::from(ChunkNum(start)..ChunkNum(end))
+}
+
+/// Serializes ranges as their boundaries, each a little-endian u64.
+pub fn encode(ranges: &ChunkRanges) -> Vec<u8> {
+    ranges
+        .boundaries()
+        .iter()
+        .flat_map(|b| b.0.to_le_bytes())
+        .collect()
+}
+
+/// Why bytes are not encoded ranges.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RangesError {
+    /// Not a whole number of u64 boundaries.
+    #[error("encoded ranges are {0} bytes, not a multiple of 8")]
+    Length(usize),
+    /// Boundaries not strictly increasing.
+    #[error("encoded range boundaries are not strictly increasing")]
+    Unsorted,
+}
+
+/// Parses [`encode`]'s output.
+pub fn decode(bytes: &[u8]) -> Result<ChunkRanges, RangesError> {
+    if !bytes.len().is_multiple_of(8) {
+        return Err(RangesError::Length(bytes.len()));
+    }
+    let boundaries: SmallVec<[ChunkNum; 2]> = bytes
+        .chunks_exact(8)
+        .map(|c| {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(c);
+            ChunkNum(u64::from_le_bytes(b))
+        })
+        .collect();
+    ChunkRanges::new(boundaries).ok_or(RangesError::Unsorted)
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    #[test]
+    fn all_and_complete() {
+        assert_eq!(chunks(0), 0);
+        assert_eq!(chunks(1), 1);
+        assert_eq!(chunks(1024), 1);
+        assert_eq!(chunks(1025), 2);
+        assert!(is_complete(&ChunkRanges::all(), 5000));
+        assert!(is_complete(&all(5000), 5000));
+        assert!(!is_complete(&from_bytes(0..4096), 5000));
+        assert!(is_complete(&ChunkRanges::empty(), 0));
+    }
+
+    #[test]
+    fn byte_ranges_are_clipped_to_size() {
+        let r = from_bytes(0..1024) | from_bytes(2048..10_000);
+        assert_eq!(byte_ranges(&r, 5000), vec![0..1024, 2048..5000]);
+        assert_eq!(covered_bytes(&r, 5000), 1024 + 2952);
+        assert_eq!(
+            format_byte_ranges(&byte_ranges(&r, 5000)),
+            "0..1024, 2048..5000"
+        );
+    }
+
+    #[test]
+    fn decode_refuses_garbage() {
+        assert_eq!(decode(&[1, 2, 3]), Err(RangesError::Length(3)));
+        let mut unsorted = 5u64.to_le_bytes().to_vec();
+        unsorted.extend_from_slice(&3u64.to_le_bytes());
+        assert_eq!(decode(&unsorted), Err(RangesError::Unsorted));
+    }
+
+    proptest! {
+        #[test]
+        fn encode_decode_round_trip(mut points in proptest::collection::vec(0u64..10_000, 0..40)) {
+            points.sort_unstable();
+            points.dedup();
+            let mut r = ChunkRanges::empty();
+            for pair in points.chunks_exact(2) {
+                r |= ChunkRanges::from(ChunkNum(pair[0])..ChunkNum(pair[1]));
+            }
+            prop_assert_eq!(decode(&encode(&r)).unwrap(), r);
+        }
+    }
+}
