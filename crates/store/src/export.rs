@@ -64,6 +64,17 @@ impl Placement {
     }
 }
 
+/// What to do with one file, decided before anything is written.
+#[derive(Debug, Clone, Copy)]
+enum Plan {
+    /// Write it (creating directories as needed).
+    Place,
+    /// Already there as a hard link to the store's file.
+    Linked,
+    /// Already there as an identical file (hashed).
+    Identical,
+}
+
 /// What an export did.
 #[derive(Debug, Clone)]
 pub struct ExportReport {
@@ -121,60 +132,93 @@ impl Store {
             files: Vec::with_capacity(files.len()),
             bytes: 0,
         };
-        for f in files {
-            let placement = self.export_file(&root, f, options, progress)?;
+        let plans = files
+            .iter()
+            .map(|f| self.plan_file(&root, f, options))
+            .collect::<Result<Vec<_>, _>>()?;
+        for (f, plan) in files.iter().zip(plans) {
+            let placement = self.export_file(&root, f, plan, options, progress)?;
             report.files.push((f.path.to_string(), placement));
             report.bytes += f.size;
         }
         Ok(report)
     }
 
-    fn export_file(
+    /// Decides what to do with one file without changing anything, so that a conflict
+    /// anywhere stops the export before any file is written.
+    fn plan_file(
         &self,
         root: &Path,
         f: &ManifestFile,
         options: &ExportOptions,
+    ) -> Result<Plan, ExportError> {
+        for dir in f.path.ancestors() {
+            let dir = root.join(dir);
+            match fs::symlink_metadata(&dir) {
+                Ok(m) if m.is_dir() => {}
+                Ok(_) => return Err(ExportError::NotADirectory(dir)),
+                // Missing: created at placement; nothing below it can exist either.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Plan::Place),
+                Err(e) => return Err(ExportError::io(format!("checking {}", dir.display()), e)),
+            }
+        }
+        let dest = root.join(f.path.as_str());
+        match fs::symlink_metadata(&dest) {
+            Ok(m) if m.is_dir() => Err(ExportError::IsADirectory(dest)),
+            Ok(m) if m.is_file() => {
+                let store_meta = fs::metadata(self.inner.layout.data(f.blake3))
+                    .map_err(|e| ExportError::io(format!("reading stored blob {}", f.blake3), e))?;
+                if m.dev() == store_meta.dev() && m.ino() == store_meta.ino() {
+                    return Ok(Plan::Linked);
+                }
+                let threads = self.inner.options.hash_threads;
+                let identical = m.len() == f.size
+                    && File::open(&dest)
+                        .ok()
+                        .and_then(|d| hash_of(&d, f.size, None, threads).ok())
+                        == Some(f.blake3);
+                if identical {
+                    Ok(Plan::Identical)
+                } else if options.overwrite {
+                    Ok(Plan::Place)
+                } else {
+                    Err(ExportError::Exists(dest))
+                }
+            }
+            Ok(_) if options.overwrite => Ok(Plan::Place),
+            Ok(_) => Err(ExportError::Exists(dest)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Plan::Place),
+            Err(e) => Err(ExportError::io(format!("checking {}", dest.display()), e)),
+        }
+    }
+
+    fn export_file(
+        &self,
+        root: &Path,
+        f: &ManifestFile,
+        plan: Plan,
+        options: &ExportOptions,
         progress: &(dyn Fn(u64) + Sync),
     ) -> Result<Placement, ExportError> {
+        let source_path = self.inner.layout.data(f.blake3);
+        let source = File::open(&source_path)
+            .map_err(|e| ExportError::io(format!("opening stored blob {}", f.blake3), e))?;
+        match plan {
+            Plan::Linked => {
+                // The export is the store's own file: verify it in place.
+                self.check_blob(f, &source, None, progress)?;
+                return Ok(Placement::Unchanged);
+            }
+            Plan::Identical => {
+                progress(f.size);
+                return Ok(Placement::Unchanged);
+            }
+            Plan::Place => {}
+        }
         for dir in f.path.ancestors() {
             ensure_dir(&root.join(dir))?;
         }
         let dest = root.join(f.path.as_str());
-        let source_path = self.inner.layout.data(f.blake3);
-        let source = File::open(&source_path)
-            .map_err(|e| ExportError::io(format!("opening stored blob {}", f.blake3), e))?;
-        let threads = self.inner.options.hash_threads;
-        match fs::symlink_metadata(&dest) {
-            Ok(m) if m.is_dir() => return Err(ExportError::IsADirectory(dest)),
-            Ok(m) if m.is_file() => {
-                let store_meta = source
-                    .metadata()
-                    .map_err(|e| ExportError::io("reading stored blob", e))?;
-                let same_inode = m.dev() == store_meta.dev() && m.ino() == store_meta.ino();
-                let identical = same_inode
-                    || (m.len() == f.size
-                        && File::open(&dest)
-                            .ok()
-                            .and_then(|d| hash_of(&d, f.size, None, threads).ok())
-                            == Some(f.blake3));
-                if identical {
-                    if same_inode {
-                        self.check_blob(f, &source, None, progress)?;
-                    } else {
-                        progress(f.size);
-                    }
-                    return Ok(Placement::Unchanged);
-                }
-                if !options.overwrite {
-                    return Err(ExportError::Exists(dest));
-                }
-            }
-            Ok(_) if !options.overwrite => return Err(ExportError::Exists(dest)),
-            Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(ExportError::io(format!("checking {}", dest.display()), e)),
-        }
-
         let dir = dest.parent().unwrap_or(root);
         let name = dest
             .file_name()
@@ -301,5 +345,159 @@ impl Drop for RemoveOnDrop<'_> {
     fn drop(&mut self) {
         // After a successful rename the temporary name is gone and this is a no-op.
         let _ = fs::remove_file(self.0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
+    use super::*;
+    use crate::test_util::{NOW, publish, store};
+
+    fn opts() -> ExportOptions {
+        ExportOptions {
+            overwrite: false,
+            copy: false,
+            now: NOW,
+        }
+    }
+
+    #[test]
+    fn export_places_read_only_identical_files_and_is_idempotent() {
+        let (dir, store) = store();
+        let big = vec![9u8; 300_000];
+        let (id, _) = publish(
+            &store,
+            dir.path(),
+            &[("w/model.bin", &big), ("config.json", b"{}")],
+            1,
+        );
+        let out = dir.path().join("out");
+        let report = store.export(id, &out, &opts(), &|_| {}).unwrap();
+        assert_eq!(report.bytes, 300_002);
+        assert!(
+            report.files.iter().all(|(_, p)| *p == Placement::Hardlink),
+            "{report:?}"
+        );
+        assert_eq!(fs::read(out.join("w/model.bin")).unwrap(), big);
+        assert_eq!(fs::read(out.join("config.json")).unwrap(), b"{}");
+        let mode = fs::metadata(out.join("w/model.bin")).unwrap().mode();
+        assert_eq!(mode & 0o222, 0, "exported file is writable: {mode:o}");
+        let again = store.export(id, &out, &opts(), &|_| {}).unwrap();
+        assert!(again.files.iter().all(|(_, p)| *p == Placement::Unchanged));
+        let copied = store
+            .export(
+                id,
+                &dir.path().join("out2"),
+                &ExportOptions {
+                    copy: true,
+                    ..opts()
+                },
+                &|_| {},
+            )
+            .unwrap();
+        assert!(copied.files.iter().all(|(_, p)| *p == Placement::Copy));
+        assert_eq!(fs::read(dir.path().join("out2/w/model.bin")).unwrap(), big);
+    }
+
+    #[test]
+    fn a_different_existing_file_is_kept_unless_forced() {
+        let (dir, store) = store();
+        let (id, _) = publish(&store, dir.path(), &[("a.bin", b"model bytes")], 1);
+        let out = dir.path().join("out");
+        fs::create_dir_all(&out).unwrap();
+        fs::write(out.join("a.bin"), b"user's own file").unwrap();
+        let err = store.export(id, &out, &opts(), &|_| {}).unwrap_err();
+        assert!(matches!(err, ExportError::Exists(_)), "{err}");
+        assert_eq!(fs::read(out.join("a.bin")).unwrap(), b"user's own file");
+        store
+            .export(
+                id,
+                &out,
+                &ExportOptions {
+                    overwrite: true,
+                    ..opts()
+                },
+                &|_| {},
+            )
+            .unwrap();
+        assert_eq!(fs::read(out.join("a.bin")).unwrap(), b"model bytes");
+    }
+
+    #[test]
+    fn symlinks_inside_the_target_are_never_followed() {
+        let (dir, store) = store();
+        let (id, _) = publish(
+            &store,
+            dir.path(),
+            &[("sub/a.bin", b"aaa"), ("b.bin", b"bbb")],
+            1,
+        );
+        let out = dir.path().join("out");
+        let elsewhere = dir.path().join("elsewhere");
+        fs::create_dir_all(&out).unwrap();
+        fs::create_dir_all(&elsewhere).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, out.join("sub")).unwrap();
+        let err = store.export(id, &out, &opts(), &|_| {}).unwrap_err();
+        assert!(matches!(err, ExportError::NotADirectory(_)), "{err}");
+        assert_eq!(fs::read_dir(&elsewhere).unwrap().count(), 0);
+
+        fs::remove_file(out.join("sub")).unwrap();
+        let victim = elsewhere.join("victim");
+        fs::write(&victim, b"precious").unwrap();
+        std::os::unix::fs::symlink(&victim, out.join("b.bin")).unwrap();
+        let err = store.export(id, &out, &opts(), &|_| {}).unwrap_err();
+        assert!(matches!(err, ExportError::Exists(_)), "{err}");
+        store
+            .export(
+                id,
+                &out,
+                &ExportOptions {
+                    overwrite: true,
+                    ..opts()
+                },
+                &|_| {},
+            )
+            .unwrap();
+        // The link was replaced; what it pointed at is untouched.
+        assert_eq!(fs::read(&victim).unwrap(), b"precious");
+        assert!(fs::symlink_metadata(out.join("b.bin")).unwrap().is_file());
+    }
+
+    #[test]
+    fn untrusted_incomplete_and_corrupt_models_are_not_exported() {
+        let (dir, store) = store();
+        let (id, key) = publish(&store, dir.path(), &[("a.bin", &[1u8; 50_000])], 1);
+        let data =
+            store.data_path(store.manifest(id).unwrap().unwrap().signed.manifest.files()[0].blake3);
+
+        // Corrupt on disk: refused, nothing written, and the bad range marked missing.
+        fs::set_permissions(&data, fs::Permissions::from_mode(0o644)).unwrap();
+        let mut bytes = fs::read(&data).unwrap();
+        bytes[40_000] ^= 1;
+        fs::write(&data, &bytes).unwrap();
+        let out = dir.path().join("out");
+        let err = store
+            .export(
+                id,
+                &out,
+                &ExportOptions {
+                    copy: true,
+                    ..opts()
+                },
+                &|_| {},
+            )
+            .unwrap_err();
+        assert!(matches!(err, ExportError::CorruptBlob { .. }), "{err}");
+        assert!(!out.join("a.bin").exists());
+        // Now incomplete in the index.
+        let err = store.export(id, &out, &opts(), &|_| {}).unwrap_err();
+        assert!(matches!(err, ExportError::Incomplete { .. }), "{err}");
+
+        // Untrusted publisher: refused before anything else.
+        store.trust_remove(key.public(), None).unwrap();
+        let err = store.export(id, &out, &opts(), &|_| {}).unwrap_err();
+        assert!(matches!(err, ExportError::Refused(_)), "{err}");
     }
 }

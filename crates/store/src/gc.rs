@@ -129,3 +129,44 @@ impl Store {
         Ok(removed)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicBool;
+
+    use crate::test_util::{NOW, publish, store};
+
+    #[test]
+    fn gc_keeps_pinned_and_protected_and_removes_the_rest() {
+        let (dir, store) = store();
+        let (old, _) = publish(&store, dir.path(), &[("a.bin", b"old weights")], 1);
+        let old_envelope = store.manifest(old).unwrap().unwrap().envelope;
+        let (new, _) = publish(&store, dir.path(), &[("a.bin", b"new weights")], 2);
+        let src = dir.path().join("loose");
+        std::fs::write(&src, b"imported, not yet in a manifest").unwrap();
+        let loose = store
+            .import_file(&src, &|_| {}, &AtomicBool::new(false))
+            .unwrap();
+
+        assert!(store.unpin(old).unwrap());
+        let report = store.gc().unwrap();
+        assert_eq!(report.manifests_removed, 1);
+        assert_eq!(report.blobs_removed, 1);
+        assert_eq!(report.bytes_freed, 11);
+        assert!(store.manifest(new).unwrap().is_some());
+        assert!(store.manifest(old).unwrap().is_none());
+        assert!(
+            store.blob(loose.hash).unwrap().is_some(),
+            "protected blob removed"
+        );
+
+        drop(loose.tag);
+        let report = store.gc().unwrap();
+        assert_eq!(report.blobs_removed, 1);
+        assert!(!store.data_path(loose.hash).exists());
+
+        // The name's sequence floor survives GC: the old release is still refused.
+        let err = store.add_manifest(&old_envelope, NOW, true).unwrap_err();
+        assert!(err.to_string().contains("rollback"), "{err}");
+    }
+}

@@ -26,3 +26,50 @@ pub(crate) fn random_file(dir: &Path, name: &str, len: usize, seed: u64) -> (Pat
     std::fs::write(&path, &bytes).unwrap();
     (path, bytes)
 }
+
+/// Imports `files` (name, content) and adds a manifest for them signed by a key
+/// trusted for `*`; returns its id and the key.
+pub(crate) fn publish(
+    store: &Store,
+    dir: &Path,
+    files: &[(&str, &[u8])],
+    sequence: u64,
+) -> (modeld_core::Hash, modeld_core::SecretKey) {
+    use modeld_core::{Manifest, ManifestFile, ManifestHeader, SecretKey, SignedManifest};
+    let key = SecretKey::from_seed([5; 32]);
+    store
+        .trust_add(key.public(), modeld_core::TrustScope::All)
+        .unwrap();
+    let mut entries = Vec::new();
+    for (i, (name, content)) in files.iter().enumerate() {
+        let src = dir.join(format!("src-{sequence}-{i}"));
+        std::fs::write(&src, content).unwrap();
+        let imported = store
+            .import_file(&src, &|_| {}, &std::sync::atomic::AtomicBool::new(false))
+            .unwrap();
+        entries.push(ManifestFile {
+            path: name.parse().unwrap(),
+            size: imported.size,
+            blake3: imported.hash,
+            format: imported.format,
+        });
+    }
+    let m = Manifest::new(
+        ManifestHeader {
+            name: "org/model".parse().unwrap(),
+            version: sequence.to_string().parse().unwrap(),
+            sequence,
+            created: 1_700_000_000,
+            expires: None,
+            publisher: key.public(),
+        },
+        entries,
+    )
+    .unwrap();
+    let env = SignedManifest::create(&m, &key).envelope.to_bytes();
+    let id = store.add_manifest(&env, NOW, true).unwrap().id;
+    (id, key)
+}
+
+/// The clock used by tests.
+pub(crate) const NOW: u64 = 1_800_000_000;
