@@ -473,7 +473,7 @@ mod tests {
             store.data_path(store.manifest(id).unwrap().unwrap().signed.manifest.files()[0].blake3);
 
         // Corrupt on disk: refused, nothing written, and the bad range marked missing.
-        fs::set_permissions(&data, fs::Permissions::from_mode(0o644)).unwrap();
+        fs::set_permissions(&data, Permissions::from_mode(0o644)).unwrap();
         let mut bytes = fs::read(&data).unwrap();
         bytes[40_000] ^= 1;
         fs::write(&data, &bytes).unwrap();
