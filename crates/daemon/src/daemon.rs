@@ -1,0 +1,120 @@
+//! Start-up and shutdown order of the daemon.
+
+use std::{
+    fs,
+    io::Write,
+    os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt},
+    path::Path,
+    sync::Arc,
+    time::Instant,
+};
+
+use anyhow::Context;
+use modeld_api::paths::{ApiAddr, RUN_INFO_FILE, RunInfo};
+use modeld_store::{Store, StoreOptions, unix_now};
+use tokio::{
+    net::{TcpListener, UnixListener},
+    signal::unix::{SignalKind, signal},
+    sync::watch,
+};
+
+use crate::{
+    config::{Config, Listen},
+    lock::DataDirLock,
+    node::{Counters, Node},
+    server,
+};
+
+/// Runs the daemon until SIGINT or SIGTERM.
+pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
+    let data_dir = config.data_dir.clone();
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&data_dir)
+        .with_context(|| format!("creating data dir {}", data_dir.display()))?;
+    let _lock = DataDirLock::acquire(&data_dir)?;
+    let store = Store::open(
+        &data_dir.join("store"),
+        StoreOptions {
+            hash_threads: config.hash_threads,
+        },
+    )
+    .with_context(|| format!("opening the store in {}", data_dir.display()))?;
+    let node = Arc::new(Node {
+        store,
+        config: config.clone(),
+        started: Instant::now(),
+        counters: Counters::default(),
+    });
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sigterm = signal(SignalKind::terminate())?;
+
+    let (api, token, server) = match &config.api_listen {
+        Listen::Unix(path) => {
+            // The lock is ours, so a socket file left here is stale.
+            let _ = fs::remove_file(path);
+            let listener = UnixListener::bind(path)
+                .with_context(|| format!("binding the API socket {}", path.display()))?;
+            fs::set_permissions(path, fs::Permissions::from_mode(0o600))?;
+            let server = tokio::spawn(server::serve(node.clone(), listener, None, stop_rx.clone()));
+            (ApiAddr::Unix(path.clone()), None, server)
+        }
+        Listen::Tcp(addr) => {
+            let listener = TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding the API on {addr}"))?;
+            let bound = listener.local_addr()?;
+            let token = format!("{:032x}", rand::random::<u128>());
+            let server = tokio::spawn(server::serve(
+                node.clone(),
+                listener,
+                Some(token.clone()),
+                stop_rx.clone(),
+            ));
+            (ApiAddr::Tcp(bound), Some(token), server)
+        }
+    };
+    write_run_info(&data_dir, api.clone(), token)?;
+    tracing::info!(data_dir = %data_dir.display(), api = %api, "modeld ready");
+
+    let which = tokio::select! {
+        _ = sigint.recv() => "SIGINT",
+        _ = sigterm.recv() => "SIGTERM",
+    };
+    tracing::info!(signal = which, "shutting down");
+    let _ = fs::remove_file(data_dir.join(RUN_INFO_FILE));
+    let _ = stop_tx.send(true);
+    let _ = server.await;
+    if let Listen::Unix(path) = &config.api_listen {
+        let _ = fs::remove_file(path);
+    }
+    drop(node);
+    tracing::info!("modeld stopped");
+    Ok(())
+}
+
+/// Writes `daemon.json` atomically, readable by the owner only.
+fn write_run_info(data_dir: &Path, api: ApiAddr, token: Option<String>) -> anyhow::Result<()> {
+    let info = RunInfo {
+        pid: std::process::id(),
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        api,
+        token,
+        listen: Default::default(),
+        started: unix_now(),
+    };
+    let tmp = data_dir.join(format!("{RUN_INFO_FILE}.tmp"));
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    f.write_all(&serde_json::to_vec_pretty(&info)?)?;
+    f.sync_all()?;
+    fs::rename(&tmp, data_dir.join(RUN_INFO_FILE))?;
+    Ok(())
+}
