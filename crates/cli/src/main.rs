@@ -99,7 +99,9 @@ fn main() -> ExitCode {
             {
                 return ExitCode::SUCCESS;
             }
-            output::error(&ctx, &e);
+            if e.downcast_ref::<output::AlreadyReported>().is_none() {
+                output::error(&ctx, &e);
+            }
             ExitCode::FAILURE
         }
     }

@@ -22,6 +22,19 @@ pub(crate) fn json(value: &impl Serialize) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// An error whose details were already printed (as the JSON result); the process
+/// only has to exit with failure.
+#[derive(Debug)]
+pub(crate) struct AlreadyReported;
+
+impl std::fmt::Display for AlreadyReported {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("failure already reported")
+    }
+}
+
+impl std::error::Error for AlreadyReported {}
+
 /// Prints the error chain on stderr (and a JSON error object on stdout with `--json`).
 pub(crate) fn error(ctx: &Context, e: &anyhow::Error) {
     if ctx.json {

@@ -19,10 +19,53 @@ pub(crate) enum ManifestCommand {
         #[arg(long)]
         raw: bool,
     },
+    /// Verify a signed manifest file against this node's trust and add it to the store
+    /// (its files are fetched or published separately).
+    Add {
+        /// The signed manifest file.
+        file: std::path::PathBuf,
+        /// Pin it (GC keeps it and its files).
+        #[arg(long)]
+        pin: bool,
+    },
 }
 
 pub(crate) fn run(ctx: &Context, command: ManifestCommand) -> anyhow::Result<()> {
-    let ManifestCommand::Show { reference, raw } = command;
+    match command {
+        ManifestCommand::Show { reference, raw } => show(ctx, &reference, raw),
+        ManifestCommand::Add { file, pin } => add(ctx, &file, pin),
+    }
+}
+
+fn add(ctx: &Context, file: &Path, pin: bool) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(file)
+        .with_context(|| format!("reading signed manifest {}", file.display()))?;
+    let reply = ctx.connect()?.call(
+        Request::AddManifest {
+            envelope: text.trim_end().to_owned(),
+            pin,
+        },
+        &mut |_| {},
+    )?;
+    let Reply::Added(summary) = reply else {
+        return Err(unexpected(reply));
+    };
+    if ctx.json {
+        return output::json(&summary);
+    }
+    eprintln!(
+        "added {}:{} (sequence {}){}",
+        summary.name,
+        summary.version,
+        summary.sequence,
+        if pin { ", pinned" } else { "" }
+    );
+    println!("{}", summary.id);
+    Ok(())
+}
+
+fn show(ctx: &Context, reference: &str, raw: bool) -> anyhow::Result<()> {
+    let reference = reference.to_owned();
     let (envelope, pinned) = if Path::new(&reference).is_file() {
         let bytes = std::fs::read(&reference).with_context(|| format!("reading {reference}"))?;
         (bytes, None)

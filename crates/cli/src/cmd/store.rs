@@ -192,6 +192,9 @@ pub(crate) fn verify(ctx: &Context, reference: Option<String>) -> anyhow::Result
         );
     }
     if !r.corrupt.is_empty() {
+        if ctx.json {
+            return Err(output::AlreadyReported.into());
+        }
         bail!("{} corrupt blobs found", r.corrupt.len());
     }
     Ok(())

@@ -1,0 +1,7 @@
+//! Integration tests: real `modeld` processes driven through `modelctl`, as a user
+//! would. One test binary, grouped by topic.
+
+mod crash;
+mod lifecycle;
+mod publish_export;
+mod refusals;

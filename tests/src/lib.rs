@@ -1,0 +1,297 @@
+//! The test harness: start real `modeld` processes, drive them with `modelctl`, make
+//! seeded test data, and check hashes with real external tools.
+//!
+//! The binaries are found next to the test executable (`target/<profile>/`), or in
+//! `$MODELD_BIN_DIR`. `cargo test --workspace` builds them (the binary crates have
+//! integration tests of their own, which makes cargo build them first).
+
+use std::{
+    fs::File,
+    io::{BufWriter, Write},
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    time::{Duration, Instant},
+};
+
+/// The path of a workspace binary (`modeld`, `modelctl`).
+pub fn bin(name: &str) -> PathBuf {
+    let dir = match std::env::var_os("MODELD_BIN_DIR") {
+        Some(d) => PathBuf::from(d),
+        None => {
+            let exe = std::env::current_exe().expect("test executable path");
+            // target/<profile>/deps/<test> -> target/<profile>
+            exe.parent()
+                .and_then(Path::parent)
+                .expect("test executable lives in target/<profile>/deps")
+                .to_owned()
+        }
+    };
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} not found: build the binaries first (`cargo build --workspace`, which `cargo test --workspace` does), or set MODELD_BIN_DIR",
+        path.display()
+    );
+    path
+}
+
+/// A running `modeld` with its own data dir. Stopped (SIGTERM) when dropped.
+#[derive(Debug)]
+pub struct Daemon {
+    data_dir: PathBuf,
+    child: Option<Child>,
+    extra_args: Vec<String>,
+}
+
+impl Daemon {
+    /// Starts a daemon on `data_dir` (created if needed) and waits until its API answers.
+    pub fn start(data_dir: &Path) -> Self {
+        Self::start_with(data_dir, &[])
+    }
+
+    /// Like [`Daemon::start`], with extra `modeld` flags.
+    pub fn start_with(data_dir: &Path, args: &[&str]) -> Self {
+        let mut d = Self {
+            data_dir: data_dir.to_owned(),
+            child: None,
+            extra_args: args.iter().map(|s| (*s).to_owned()).collect(),
+        };
+        d.spawn();
+        d
+    }
+
+    fn spawn(&mut self) {
+        std::fs::create_dir_all(&self.data_dir).expect("create data dir");
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(self.data_dir.join("test-modeld.log"))
+            .expect("open daemon log");
+        let child = Command::new(bin("modeld"))
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .args(&self.extra_args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start modeld");
+        self.child = Some(child);
+        self.wait_ready();
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!("modeld exited early ({status}); log:\n{}", self.log());
+            }
+            if self.data_dir.join("daemon.json").exists() && self.ctl(&["status"]).status.success()
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "modeld did not become ready; log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The data dir.
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// The daemon's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.data_dir.join("test-modeld.log")).unwrap_or_default()
+    }
+
+    /// Runs `modelctl --data-dir <ours> ARGS`.
+    pub fn ctl(&self, args: &[&str]) -> Output {
+        modelctl(&self.data_dir, args)
+    }
+
+    /// Runs modelctl and asserts success; returns stdout.
+    pub fn ctl_ok(&self, args: &[&str]) -> String {
+        let out = self.ctl(args);
+        assert!(
+            out.status.success(),
+            "modelctl {args:?} failed ({}):\nstdout: {}\nstderr: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).expect("utf-8 output")
+    }
+
+    /// Runs modelctl with `--json`, asserts success, parses stdout.
+    pub fn ctl_json(&self, args: &[&str]) -> serde_json::Value {
+        let mut v = vec!["--json"];
+        v.extend_from_slice(args);
+        serde_json::from_str(&self.ctl_ok(&v)).expect("modelctl printed JSON")
+    }
+
+    /// Runs modelctl, asserts failure, returns stderr.
+    pub fn ctl_err(&self, args: &[&str]) -> String {
+        let out = self.ctl(args);
+        assert!(
+            !out.status.success(),
+            "modelctl {args:?} succeeded but should have failed:\n{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+
+    /// Stops with SIGTERM and waits; returns whether it exited successfully.
+    pub fn stop(&mut self) -> bool {
+        let Some(mut child) = self.child.take() else {
+            return true;
+        };
+        signal(child.id(), libc::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return status.success();
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Kills with SIGKILL (no chance to clean up) and waits.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the daemon again on the same data dir.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+
+    /// Starts the daemon again after [`Daemon::kill9`].
+    pub fn start_again(&mut self) {
+        assert!(self.child.is_none(), "still running");
+        self.spawn();
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Sends a signal to a process.
+pub fn signal(pid: u32, sig: libc::c_int) {
+    // SAFETY: kill(2) has no memory-safety preconditions.
+    unsafe {
+        libc::kill(pid as libc::pid_t, sig);
+    }
+}
+
+/// Runs `modelctl --data-dir DIR ARGS`.
+pub fn modelctl(data_dir: &Path, args: &[&str]) -> Output {
+    Command::new(bin("modelctl"))
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run modelctl")
+}
+
+/// Writes `size` seeded pseudo-random bytes to `path`, streaming (flat memory).
+pub fn random_file(path: &Path, size: u64, seed: u64) {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).expect("create dir");
+    }
+    let mut out = BufWriter::with_capacity(1 << 20, File::create(path).expect("create file"));
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut block = vec![0u8; 1 << 20];
+    let mut left = size;
+    while left > 0 {
+        for word in block.chunks_exact_mut(8) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            word.copy_from_slice(&x.to_le_bytes());
+        }
+        let n = left.min(block.len() as u64) as usize;
+        out.write_all(&block[..n]).expect("write");
+        left -= n as u64;
+    }
+    out.flush().expect("flush");
+}
+
+/// The BLAKE3 of a file according to an independent tool: `b3sum` if installed,
+/// else the `blake3` Python package. Panics if neither is available, since a test
+/// that cannot compare against a reference must not pass.
+pub fn reference_b3sum(path: &Path) -> String {
+    if let Ok(out) = Command::new("b3sum").arg("--no-names").arg(path).output()
+        && out.status.success()
+    {
+        return String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    }
+    let script = "import sys, blake3\nh = blake3.blake3()\nf = open(sys.argv[1], 'rb')\nwhile True:\n    b = f.read(1 << 20)\n    if not b: break\n    h.update(b)\nprint(h.hexdigest())";
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .arg(path)
+        .output()
+        .expect("run python3");
+    assert!(
+        out.status.success(),
+        "neither `b3sum` nor the Python `blake3` package is available (pip install blake3): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// Generates a publisher key file in `dir` and trusts it on `daemon` for `scope`;
+/// returns the key file and the public key text.
+pub fn trusted_key(daemon: &Daemon, dir: &Path, scope: &str) -> (PathBuf, String) {
+    let file = dir.join(format!("publisher-{}.key", rand_suffix()));
+    let public = daemon.ctl_ok(&["key", "generate", file.to_str().expect("utf-8 path")]);
+    let public = public.trim().to_owned();
+    daemon.ctl_ok(&["trust", "add", &public, "--scope", scope]);
+    (file, public)
+}
+
+fn rand_suffix() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    u64::from(std::process::id()) << 20 | N.fetch_add(1, Ordering::Relaxed)
+}
+
+/// Polls `f` until it returns `Some`, or panics after `timeout`.
+pub fn wait_for<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
