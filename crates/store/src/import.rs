@@ -89,6 +89,7 @@ impl Store {
         obao.set_len(ranges::tree(size).outboard_size())
             .map_err(|e| StoreError::io("sizing outboard", e))?;
 
+        let started = std::time::Instant::now();
         let reflinked = size > 0 && reflink(&src, &data).is_ok();
         let job = hasher::Job {
             src: if reflinked { &data } else { &src },
@@ -114,9 +115,17 @@ impl Store {
         {
             return Err(ImportError::Changed(path.to_owned()));
         }
+        let hashed = started.elapsed();
         data.sync_all()
             .and_then(|()| obao.sync_all())
             .map_err(|e| StoreError::io("flushing imported data", e))?;
+        tracing::debug!(
+            path = %path.display(),
+            size,
+            hash_ms = hashed.as_millis() as u64,
+            flush_ms = (started.elapsed() - hashed).as_millis() as u64,
+            "import timing"
+        );
 
         let tag = self.protect(hash);
         let deduplicated = self.commit_complete(hash, size, &data_path, &obao_path)?;

@@ -222,6 +222,29 @@ impl Drop for TempTag {
     }
 }
 
+/// Hashes `src` (`size` bytes) on `threads` threads in one pass, writing its pre-order
+/// bao outboard (16 KiB chunk groups) into `outboard`; returns the BLAKE3 hash. This is
+/// the import path's hashing on its own, for tools and benchmarks.
+pub fn compute_outboard(
+    src: &std::fs::File,
+    size: u64,
+    outboard: &std::fs::File,
+    threads: usize,
+) -> std::io::Result<Hash> {
+    let job = hasher::Job {
+        src,
+        size,
+        copy_to: None,
+        nodes: &hasher::FileNodes(outboard),
+        threads,
+        progress: &|_| {},
+        cancel: &std::sync::atomic::AtomicBool::new(false),
+    };
+    hasher::run(&job)
+        .map(Hash::from)
+        .map_err(std::io::Error::other)
+}
+
 /// Seconds since the Unix epoch, for callers that want the wall clock.
 pub fn unix_now() -> u64 {
     std::time::SystemTime::now()
