@@ -34,6 +34,10 @@ use modeld_core::ranges::CHUNK_GROUP_BYTES;
 pub(crate) const SEGMENT_GROUPS: u64 = 256;
 /// Bytes read and hashed at a time (fits in L2 cache): 16 chunk groups.
 const PIECE_BYTES: usize = 256 * 1024;
+/// Finished segments queued for the flusher before workers wait.
+const FLUSH_QUEUE: usize = 8;
+/// Bytes of contiguous written data handed to the disk at once.
+const FLUSH_WINDOW: u64 = 64 << 20;
 /// Size in bytes of one outboard node (two hashes).
 const NODE_BYTES: usize = 64;
 
@@ -161,6 +165,10 @@ pub(crate) fn run(job: &Job<'_>) -> Result<blake3::Hash, HashError> {
     let threads = job.threads.clamp(1, segments.min(64) as usize);
     let only_segment_is_root = segments == 1;
 
+    // A copy is handed to the disk by a flusher thread while hashing goes on, so the
+    // final fsync has little left to do.
+    let (flush_tx, flush_rx) = std::sync::mpsc::sync_channel::<Option<(u64, u64)>>(FLUSH_QUEUE);
+
     let worker = || -> Result<Option<blake3::Hash>, HashError> {
         let mut buf = vec![0u8; PIECE_BYTES];
         let mut leaves: Vec<ChainingValue> = Vec::with_capacity(SEGMENT_GROUPS as usize);
@@ -197,8 +205,9 @@ pub(crate) fn run(job: &Job<'_>) -> Result<blake3::Hash, HashError> {
                 (job.progress)(len as u64);
                 pos += len as u64;
             }
-            if let Some(dst) = job.copy_to {
-                crate::layout::start_writeback(dst, seg_start, seg_end - seg_start);
+            if job.copy_to.is_some() {
+                // The flusher only stops after every worker is done, so this cannot fail.
+                let _ = flush_tx.send(Some((seg_start, seg_end - seg_start)));
             }
             let node_bytes = &mut nodes[..(leaves.len() - 1) * NODE_BYTES];
             let (cv, is_root_hash) = fold(&leaves, only_segment_is_root, node_bytes);
@@ -215,6 +224,24 @@ pub(crate) fn run(job: &Job<'_>) -> Result<blake3::Hash, HashError> {
 
     let mut results = Vec::with_capacity(threads);
     std::thread::scope(|s| {
+        let flusher = job.copy_to.map(|dst| {
+            s.spawn(move || {
+                // Segments finish out of order; write back the contiguous written prefix
+                // in large windows, which the disk handles as one sequential stream.
+                let mut done = std::collections::BTreeMap::new();
+                let (mut prefix, mut flushed) = (0u64, 0u64);
+                while let Ok(Some((offset, len))) = flush_rx.recv() {
+                    done.insert(offset, len);
+                    while let Some(len) = done.remove(&prefix) {
+                        prefix += len;
+                    }
+                    if prefix - flushed >= FLUSH_WINDOW {
+                        crate::layout::write_back(dst, flushed, prefix - flushed);
+                        flushed = prefix;
+                    }
+                }
+            })
+        });
         let handles: Vec<_> = (0..threads)
             .map(|_| {
                 s.spawn(|| {
@@ -228,6 +255,10 @@ pub(crate) fn run(job: &Job<'_>) -> Result<blake3::Hash, HashError> {
             .collect();
         for h in handles {
             results.push(h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)));
+        }
+        if let Some(f) = flusher {
+            let _ = flush_tx.send(None);
+            let _ = f.join();
         }
     });
     let mut root = None;

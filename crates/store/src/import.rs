@@ -91,6 +91,11 @@ impl Store {
 
         let started = std::time::Instant::now();
         let reflinked = size > 0 && reflink(&src, &data).is_ok();
+        if !reflinked && size > 0 {
+            layout::allocate(&data, size).map_err(|e| {
+                StoreError::io(format!("reserving {size} bytes for {}", path.display()), e)
+            })?;
+        }
         let job = hasher::Job {
             src: if reflinked { &data } else { &src },
             size,

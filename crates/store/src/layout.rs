@@ -91,9 +91,11 @@ pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
-/// Asks the kernel to start writing back `len` bytes at `offset` without waiting,
-/// so that a final `fsync` has little left to do and dirty pages stay bounded.
-pub(crate) fn start_writeback(file: &File, offset: u64, len: u64) {
+/// Starts writing `len` bytes at `offset` back to disk without waiting
+/// (`sync_file_range`), so a final `fsync` has little left to do. Measured: without
+/// these hints the kernel's own writeback of a freshly written multi-GiB file throttles
+/// the writer to half the speed (`docs/benchmarks.md`). Not a durability barrier.
+pub(crate) fn write_back(file: &File, offset: u64, len: u64) {
     use std::os::fd::AsRawFd;
     // SAFETY: sync_file_range only reads the descriptor and integers; an invalid range
     // is reported as an error, which is harmless here (this is a hint).
@@ -118,5 +120,22 @@ pub(crate) fn reflink(src: &File, dst: &File) -> io::Result<()> {
         Ok(())
     } else {
         Err(io::Error::last_os_error())
+    }
+}
+
+/// Reserves `len` bytes of disk for `file` up front: the data lands in contiguous
+/// extents (sequential writeback) and a full disk fails before any work is done.
+pub(crate) fn allocate(file: &File, len: u64) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: fallocate only reads the descriptor and integers.
+    let r = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, len as libc::off_t) };
+    if r == 0 {
+        return Ok(());
+    }
+    let e = io::Error::last_os_error();
+    match e.raw_os_error() {
+        // File systems without fallocate: fine, the writes allocate as they go.
+        Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS) => Ok(()),
+        _ => Err(e),
     }
 }
