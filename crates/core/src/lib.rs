@@ -1,6 +1,6 @@
 //! modeld's vocabulary, with no IO: everything here is a pure function of its inputs.
 //!
-//! - [`Hash`]: a blob's address, its plain BLAKE3 hash (what `b3sum` prints).
+//! - [`Hash`](struct@Hash): a blob's address, its plain BLAKE3 hash (what `b3sum` prints).
 //! - [`ranges`]: chunk ranges and the 16 KiB chunk-group geometry of verification.
 //! - [`PublicKey`], [`SecretKey`]: ed25519 publisher keys and their text forms.
 //! - [`Manifest`]: which files, sizes and hashes make up `org/model` at a version,
@@ -9,7 +9,7 @@
 //! - [`TrustSet`]: which signed manifests a node accepts (trust, scope, expiry, rollback).
 //! - [`ModelName`], [`Version`], [`ModelPath`]: validated names; a `ModelPath` can
 //!   never leave the directory it is joined to.
-//! - [`format`]: recognising model file formats by content.
+//! - [`format`](mod@format): recognising model file formats by content.
 //!
 //! ```
 //! use modeld_core::{Hash, Manifest, ManifestFile, ManifestHeader, SecretKey, SignedManifest, TrustSet, TrustScope};

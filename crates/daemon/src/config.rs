@@ -27,7 +27,7 @@ pub(crate) struct Args {
     #[arg(long, value_name = "DIR")]
     pub(crate) data_dir: Option<PathBuf>,
 
-    /// Config file (TOML). Default: <data dir>/config.toml if it exists.
+    /// Config file (TOML). Default: config.toml in the data dir, if it exists.
     #[arg(long, value_name = "FILE")]
     pub(crate) config: Option<PathBuf>,
 
