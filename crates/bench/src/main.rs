@@ -248,7 +248,12 @@ fn bench_publish(dir: &Path, bin_dir: &Path, mib: u64, runs: usize) -> anyhow::R
             settle();
             if contender == 0 {
                 let dest = dir.join("cp-copy.bin");
-                let d = time_command(Command::new("cp").arg(&path).arg(&dest))?;
+                let d = time_command(
+                    Command::new("cp")
+                        .arg("--reflink=never")
+                        .arg(&path)
+                        .arg(&dest),
+                )?;
                 cp.push(gbps(size, d));
                 let t = Instant::now();
                 sync();
@@ -270,7 +275,10 @@ fn bench_publish(dir: &Path, bin_dir: &Path, mib: u64, runs: usize) -> anyhow::R
         "| modelctl publish (hash, copy, fsync, sign, index) | {:.2} | {:.2} | {:.2} |",
         o.median, o.min, o.max
     );
-    println!("| cp | {:.2} | {:.2} | {:.2} |", c.median, c.min, c.max);
+    println!(
+        "| cp --reflink=never | {:.2} | {:.2} | {:.2} |",
+        c.median, c.min, c.max
+    );
     println!(
         "| cp then sync | {:.2} | {:.2} | {:.2} |",
         cs.median, cs.min, cs.max

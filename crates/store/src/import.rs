@@ -96,8 +96,10 @@ impl Store {
                 StoreError::io(format!("reserving {size} bytes for {}", path.display()), e)
             })?;
         }
+        // Hash the source even when reflinked: the clone shares its blocks but not its
+        // page cache, and the size/mtime check below catches a change after cloning.
         let job = hasher::Job {
-            src: if reflinked { &data } else { &src },
+            src: &src,
             size,
             copy_to: (!reflinked).then_some(&data),
             nodes: &FileNodes(&obao),
