@@ -1,0 +1,991 @@
+//! The piece scheduler: which piece to ask of which peer, and when to give up on one.
+//!
+//! A sans-IO state machine with time passed in. The driver tells it what happened
+//! (a peer appeared or announced what it has, a request completed or failed) and asks
+//! it what to do next ([`Scheduler::poll_action`]): send a request, cancel a duplicate,
+//! drop a peer. The daemon drives it with real QUIC streams; the swarm simulator drives
+//! the very same code under simulated time.
+//!
+//! Policy:
+//! - Blobs are cut into pieces of [`SchedulerConfig::piece_bytes`] (aligned to 16 KiB
+//!   chunk groups); only the ranges not already present are requested.
+//! - **Rarest first**: among the pieces a peer can supply, the one the fewest live
+//!   peers have; ties are broken by a seeded random order.
+//! - **Pipelining, more to faster peers**: each peer has a window of requests in
+//!   flight that grows by one whenever a request completes while the window was full,
+//!   and halves on a timeout or a busy answer.
+//! - **Endgame**: once every missing piece is requested, idle peers duplicate the
+//!   oldest outstanding requests (at most [`SchedulerConfig::max_duplicates`] per
+//!   piece); the first to complete wins and the others are cancelled.
+//! - **Bad peers**: corrupt data bans the peer for the rest of the fetch; a timeout
+//!   returns the piece to others and counts against the peer, which is dropped after
+//!   [`SchedulerConfig::max_timeouts`].
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fmt::Debug,
+    time::Duration,
+};
+
+use modeld_core::ranges::{self, CHUNK_BYTES, CHUNK_GROUP_BYTES, ChunkNum, ChunkRanges};
+
+/// Identifies a request issued by the scheduler.
+pub type RequestId = u64;
+
+/// Tunables of the scheduler.
+#[derive(Debug, Clone)]
+pub struct SchedulerConfig {
+    /// Piece size in bytes (a multiple of 16 KiB).
+    pub piece_bytes: u64,
+    /// Requests in flight per peer at first, and the floor after a timeout.
+    pub min_window: usize,
+    /// Most requests in flight per peer.
+    pub max_window: usize,
+    /// Most bytes in flight across all peers (bounds the driver's buffers).
+    pub max_inflight_bytes: u64,
+    /// A request times out after `request_timeout + bytes / slowest_rate`.
+    pub request_timeout: Duration,
+    /// The slowest transfer rate tolerated (bytes per second) when sizing timeouts.
+    pub slowest_rate: u64,
+    /// Most requests outstanding for one piece in the endgame.
+    pub max_duplicates: usize,
+    /// Timeouts after which a peer is dropped.
+    pub max_timeouts: u32,
+    /// How long a peer that answered "busy" is left alone.
+    pub busy_backoff: Duration,
+    /// Seed of the random tie-breaks (the same seed gives the same decisions).
+    pub seed: u64,
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        Self {
+            piece_bytes: 1 << 20,
+            min_window: 4,
+            max_window: 16,
+            max_inflight_bytes: 64 << 20,
+            request_timeout: Duration::from_secs(10),
+            slowest_rate: 256 << 10,
+            max_duplicates: 2,
+            max_timeouts: 3,
+            busy_backoff: Duration::from_millis(500),
+            seed: 0x6d6f_6465_6c64,
+        }
+    }
+}
+
+/// What the driver knows of one blob at the start.
+#[derive(Debug, Clone)]
+pub struct BlobSpec {
+    /// Its size in bytes.
+    pub size: u64,
+    /// Ranges already present and verified (not requested again).
+    pub present: ChunkRanges,
+}
+
+/// Why a request failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// No answer in time.
+    Timeout,
+    /// The peer does not have what it said it had.
+    NotPresent,
+    /// The peer is throttling us.
+    Busy,
+    /// The data failed verification (or the peer reported its data corrupt).
+    Corrupt,
+    /// The connection or stream broke.
+    Io,
+}
+
+/// Why a peer is dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DropReason {
+    /// It sent data that failed verification: banned for this fetch.
+    Corrupt,
+    /// It timed out too often.
+    Unresponsive,
+}
+
+/// What the driver should do next.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action<P> {
+    /// Ask `peer` for `ranges` of blob number `blob` (`bytes` of data).
+    Request {
+        /// The request's id, to report its outcome.
+        id: RequestId,
+        /// Who to ask.
+        peer: P,
+        /// Which blob (index into the specs given to [`Scheduler::new`]).
+        blob: usize,
+        /// The chunk ranges.
+        ranges: ChunkRanges,
+        /// Data bytes asked for.
+        bytes: u64,
+    },
+    /// Abandon a request (another peer delivered the piece first).
+    Cancel {
+        /// The request.
+        id: RequestId,
+        /// Its peer.
+        peer: P,
+    },
+    /// Stop using a peer (and close its connection).
+    DropPeer {
+        /// The peer.
+        peer: P,
+        /// Why.
+        reason: DropReason,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PieceState {
+    Missing,
+    Requested,
+    Done,
+}
+
+#[derive(Debug)]
+struct Piece {
+    blob: usize,
+    /// The ranges still to fetch (piece range minus what was present).
+    need: ChunkRanges,
+    bytes: u64,
+    state: PieceState,
+    /// Live peers that have all of `need`.
+    avail: u32,
+    tiebreak: u64,
+    /// Outstanding requests for this piece.
+    requests: Vec<RequestId>,
+    /// Peers at which a request for this piece failed.
+    failed_peers: u32,
+}
+
+#[derive(Debug)]
+struct Peer {
+    /// Per blob, what the peer has.
+    has: Vec<ChunkRanges>,
+    /// Per piece, whether the peer has all of its need.
+    has_piece: Vec<bool>,
+    inflight: BTreeSet<RequestId>,
+    window: usize,
+    timeouts: u32,
+    banned: bool,
+    gone: bool,
+    backoff_until: Duration,
+    delivered: u64,
+    /// Pieces whose request to this peer failed; others are asked first.
+    failed: BTreeSet<usize>,
+}
+
+#[derive(Debug, Clone)]
+struct Outstanding<P> {
+    peer: P,
+    piece: usize,
+    bytes: u64,
+    sent: Duration,
+    deadline: Duration,
+}
+
+/// The scheduler for one fetch. `P` identifies a peer.
+#[derive(Debug)]
+pub struct Scheduler<P: Ord + Copy + Debug> {
+    config: SchedulerConfig,
+    sizes: Vec<u64>,
+    pieces: Vec<Piece>,
+    /// Missing pieces ordered by (availability, tie-break, index): rarest first.
+    missing: BTreeSet<(u32, u64, usize)>,
+    peers: BTreeMap<P, Peer>,
+    requests: BTreeMap<RequestId, Outstanding<P>>,
+    queued: Vec<Action<P>>,
+    next_id: RequestId,
+    cursor: usize,
+    inflight_bytes: u64,
+    present_bytes: u64,
+    done_bytes: u64,
+    total_bytes: u64,
+}
+
+fn splitmix(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    x ^ (x >> 31)
+}
+
+impl<P: Ord + Copy + Debug> Scheduler<P> {
+    /// A scheduler for fetching `blobs`.
+    pub fn new(blobs: &[BlobSpec], config: SchedulerConfig) -> Self {
+        assert!(
+            config.piece_bytes >= CHUNK_GROUP_BYTES
+                && config.piece_bytes.is_multiple_of(CHUNK_GROUP_BYTES),
+            "piece size must be a multiple of 16 KiB"
+        );
+        let piece_chunks = config.piece_bytes / CHUNK_BYTES;
+        let mut pieces = Vec::new();
+        let mut present_bytes = 0;
+        let mut total_bytes = 0;
+        for (b, spec) in blobs.iter().enumerate() {
+            total_bytes += spec.size;
+            present_bytes += ranges::covered_bytes(&spec.present, spec.size);
+            let chunks = ranges::chunks(spec.size);
+            let mut start = 0;
+            while start < chunks {
+                let end = (start + piece_chunks).min(chunks);
+                let range = ChunkRanges::from(ChunkNum(start)..ChunkNum(end));
+                let need = &range - &spec.present;
+                if !need.is_empty() {
+                    let index = pieces.len();
+                    pieces.push(Piece {
+                        blob: b,
+                        bytes: ranges::covered_bytes(&need, spec.size),
+                        need,
+                        state: PieceState::Missing,
+                        avail: 0,
+                        tiebreak: splitmix(config.seed ^ (index as u64).wrapping_mul(0x2545_F491)),
+                        requests: Vec::new(),
+                        failed_peers: 0,
+                    });
+                }
+                start = end;
+            }
+        }
+        let missing = pieces
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (0, p.tiebreak, i))
+            .collect();
+        Self {
+            config,
+            sizes: blobs.iter().map(|b| b.size).collect(),
+            pieces,
+            missing,
+            peers: BTreeMap::new(),
+            requests: BTreeMap::new(),
+            queued: Vec::new(),
+            next_id: 1,
+            cursor: 0,
+            inflight_bytes: 0,
+            present_bytes,
+            done_bytes: 0,
+            total_bytes,
+        }
+    }
+
+    /// Bytes present or fetched, and the total.
+    pub fn progress(&self) -> (u64, u64) {
+        (self.present_bytes + self.done_bytes, self.total_bytes)
+    }
+
+    /// Bytes that were already present when the fetch started.
+    pub fn present_at_start(&self) -> u64 {
+        self.present_bytes
+    }
+
+    /// Whether every piece is fetched.
+    pub fn is_done(&self) -> bool {
+        self.done_bytes + self.present_bytes >= self.total_bytes
+            && self.pieces.iter().all(|p| p.state == PieceState::Done)
+    }
+
+    /// Live (not banned, not gone) peers.
+    pub fn live_peers(&self) -> usize {
+        self.peers.values().filter(|p| !p.banned && !p.gone).count()
+    }
+
+    /// Requests in flight.
+    pub fn inflight(&self) -> usize {
+        self.requests.len()
+    }
+
+    /// Whether `peer` is banned.
+    pub fn is_banned(&self, peer: &P) -> bool {
+        self.peers.get(peer).is_some_and(|p| p.banned)
+    }
+
+    /// Bytes delivered by each peer.
+    pub fn delivered(&self) -> impl Iterator<Item = (P, u64)> + '_ {
+        self.peers.iter().map(|(k, p)| (*k, p.delivered))
+    }
+
+    /// If nothing is in flight and no live peer has any missing piece, the missing
+    /// ranges per blob; otherwise `None`.
+    pub fn stuck(&self) -> Option<Vec<(usize, ChunkRanges)>> {
+        if self.is_done() || !self.requests.is_empty() {
+            return None;
+        }
+        if self.missing.iter().any(|(avail, _, _)| *avail > 0) {
+            return None;
+        }
+        let mut per_blob: BTreeMap<usize, ChunkRanges> = BTreeMap::new();
+        for p in self.pieces.iter().filter(|p| p.state != PieceState::Done) {
+            *per_blob.entry(p.blob).or_insert_with(ChunkRanges::empty) |= p.need.clone();
+        }
+        Some(per_blob.into_iter().collect())
+    }
+
+    /// A new peer (it has nothing until [`Scheduler::peer_has`]).
+    pub fn add_peer(&mut self, peer: P, _now: Duration) {
+        if self.peers.contains_key(&peer) {
+            return;
+        }
+        self.peers.insert(
+            peer,
+            Peer {
+                has: vec![ChunkRanges::empty(); self.sizes.len()],
+                has_piece: vec![false; self.pieces.len()],
+                inflight: BTreeSet::new(),
+                window: self.config.min_window,
+                timeouts: 0,
+                banned: false,
+                gone: false,
+                backoff_until: Duration::ZERO,
+                delivered: 0,
+                failed: BTreeSet::new(),
+            },
+        );
+    }
+
+    /// What `peer` has of blob `blob` (replacing what it said before).
+    pub fn peer_has(&mut self, peer: P, blob: usize, has: &ChunkRanges, _now: Duration) {
+        let Some(p) = self.peers.get_mut(&peer) else {
+            return;
+        };
+        if p.banned || p.gone || blob >= self.sizes.len() {
+            return;
+        }
+        p.has[blob] = ranges::clip(has, self.sizes[blob]);
+        for i in 0..self.pieces.len() {
+            if self.pieces[i].blob != blob {
+                continue;
+            }
+            let p = self.peers.get_mut(&peer).expect("present");
+            let now_has = self.pieces[i].need.is_subset(&p.has[blob]);
+            if now_has != p.has_piece[i] {
+                p.has_piece[i] = now_has;
+                self.set_avail(i, if now_has { 1 } else { -1 });
+            }
+        }
+    }
+
+    fn set_avail(&mut self, piece: usize, delta: i32) {
+        let p = &mut self.pieces[piece];
+        let missing = p.state == PieceState::Missing;
+        if missing {
+            self.missing.remove(&(p.avail, p.tiebreak, piece));
+        }
+        p.avail = p.avail.saturating_add_signed(delta);
+        if missing {
+            self.missing.insert((p.avail, p.tiebreak, piece));
+        }
+    }
+
+    fn set_state(&mut self, piece: usize, state: PieceState) {
+        let p = &mut self.pieces[piece];
+        if p.state == PieceState::Missing {
+            self.missing.remove(&(p.avail, p.tiebreak, piece));
+        }
+        p.state = state;
+        if state == PieceState::Missing {
+            self.missing.insert((p.avail, p.tiebreak, piece));
+        }
+    }
+
+    /// The peer disconnected: its requests fail and its pieces count no more.
+    pub fn remove_peer(&mut self, peer: P, now: Duration) {
+        self.retire_peer(peer, false, now);
+    }
+
+    fn retire_peer(&mut self, peer: P, ban: bool, _now: Duration) {
+        let Some(p) = self.peers.get_mut(&peer) else {
+            return;
+        };
+        if ban {
+            p.banned = true;
+        }
+        if p.gone && !ban {
+            return;
+        }
+        let was_live = !p.gone;
+        p.gone = true;
+        let inflight: Vec<RequestId> = std::mem::take(&mut p.inflight).into_iter().collect();
+        let had: Vec<usize> = p
+            .has_piece
+            .iter()
+            .enumerate()
+            .filter(|(_, h)| **h)
+            .map(|(i, _)| i)
+            .collect();
+        if was_live {
+            for i in had {
+                self.set_avail(i, -1);
+            }
+        }
+        for id in inflight {
+            self.forget_request(id);
+        }
+    }
+
+    /// Removes a request; its piece goes back to missing if nothing else fetches it.
+    fn forget_request(&mut self, id: RequestId) -> Option<Outstanding<P>> {
+        let r = self.requests.remove(&id)?;
+        self.inflight_bytes -= r.bytes;
+        if let Some(p) = self.peers.get_mut(&r.peer) {
+            p.inflight.remove(&id);
+        }
+        let piece = &mut self.pieces[r.piece];
+        piece.requests.retain(|x| *x != id);
+        if piece.requests.is_empty() && piece.state == PieceState::Requested {
+            self.set_state(r.piece, PieceState::Missing);
+        }
+        Some(r)
+    }
+
+    /// The request's data arrived and verified.
+    pub fn on_complete(&mut self, id: RequestId, _now: Duration) {
+        let Some(r) = self.requests.get(&id).cloned() else {
+            return;
+        };
+        let full = self
+            .peers
+            .get(&r.peer)
+            .is_some_and(|p| p.inflight.len() >= p.window);
+        self.forget_request(id);
+        if let Some(p) = self.peers.get_mut(&r.peer) {
+            p.delivered += r.bytes;
+            p.timeouts = 0;
+            if full && p.window < self.config.max_window {
+                p.window += 1;
+            }
+        }
+        let piece = r.piece;
+        if self.pieces[piece].state != PieceState::Done {
+            self.set_state(piece, PieceState::Done);
+            self.done_bytes += self.pieces[piece].bytes;
+        }
+        // Cancel the duplicates that lost the race.
+        for other in std::mem::take(&mut self.pieces[piece].requests) {
+            if let Some(o) = self.forget_request(other) {
+                self.queued.push(Action::Cancel {
+                    id: other,
+                    peer: o.peer,
+                });
+            }
+        }
+    }
+
+    /// The request failed.
+    pub fn on_failed(&mut self, id: RequestId, why: Failure, now: Duration) {
+        let Some(r) = self.forget_request(id) else {
+            return;
+        };
+        if let Some(p) = self.peers.get_mut(&r.peer)
+            && p.failed.insert(r.piece)
+        {
+            self.pieces[r.piece].failed_peers += 1;
+        }
+        match why {
+            Failure::Corrupt => {
+                self.retire_peer(r.peer, true, now);
+                self.queued.push(Action::DropPeer {
+                    peer: r.peer,
+                    reason: DropReason::Corrupt,
+                });
+            }
+            Failure::NotPresent => {
+                // Its have-map was wrong for this piece: stop counting it there.
+                if let Some(p) = self.peers.get_mut(&r.peer)
+                    && p.has_piece[r.piece]
+                {
+                    p.has_piece[r.piece] = false;
+                    let blob = self.pieces[r.piece].blob;
+                    p.has[blob] = &p.has[blob] - &self.pieces[r.piece].need;
+                    self.set_avail(r.piece, -1);
+                }
+            }
+            Failure::Busy => {
+                if let Some(p) = self.peers.get_mut(&r.peer) {
+                    p.window = (p.window / 2).max(1);
+                    p.backoff_until = now + self.config.busy_backoff;
+                }
+            }
+            Failure::Timeout | Failure::Io => {
+                let drop = self.peers.get_mut(&r.peer).is_some_and(|p| {
+                    p.window = (p.window / 2).max(self.config.min_window.min(2));
+                    p.timeouts += 1;
+                    p.timeouts >= self.config.max_timeouts
+                });
+                if drop && !self.peers[&r.peer].gone {
+                    self.retire_peer(r.peer, false, now);
+                    self.queued.push(Action::DropPeer {
+                        peer: r.peer,
+                        reason: DropReason::Unresponsive,
+                    });
+                }
+            }
+        }
+    }
+
+    /// The earliest time at which a request times out.
+    pub fn next_deadline(&self) -> Option<Duration> {
+        self.requests.values().map(|r| r.deadline).min()
+    }
+
+    /// The next thing to do at time `now`, or `None` until something happens.
+    pub fn poll_action(&mut self, now: Duration) -> Option<Action<P>> {
+        if let Some(a) = self.queued.pop() {
+            return Some(a);
+        }
+        // Time out overdue requests, oldest first.
+        if let Some((&id, _)) = self
+            .requests
+            .iter()
+            .filter(|(_, r)| r.deadline <= now)
+            .min_by_key(|(_, r)| r.deadline)
+        {
+            let peer = self.requests[&id].peer;
+            self.on_failed(id, Failure::Timeout, now);
+            self.queued.push(Action::Cancel { id, peer });
+            return self.queued.pop();
+        }
+        self.assign(now)
+    }
+
+    fn assign(&mut self, now: Duration) -> Option<Action<P>> {
+        if self.inflight_bytes >= self.config.max_inflight_bytes {
+            return None;
+        }
+        let peers: Vec<P> = self.peers.keys().copied().collect();
+        if peers.is_empty() {
+            return None;
+        }
+        let endgame = self.missing.is_empty();
+        for k in 0..peers.len() {
+            let peer = peers[(self.cursor + k) % peers.len()];
+            let p = &self.peers[&peer];
+            if p.banned || p.gone || p.inflight.len() >= p.window || p.backoff_until > now {
+                continue;
+            }
+            let piece = if endgame {
+                self.endgame_piece(&peer)
+            } else {
+                // A piece that failed at this peer goes to others first, unless every
+                // peer that has it failed it too.
+                self.missing
+                    .iter()
+                    .find(|(avail, _, i)| {
+                        p.has_piece[*i]
+                            && (!p.failed.contains(i) || *avail <= self.pieces[*i].failed_peers)
+                    })
+                    .map(|(_, _, i)| *i)
+            };
+            if let Some(piece) = piece {
+                self.cursor = (self.cursor + k + 1) % peers.len();
+                return Some(self.issue(peer, piece, now));
+            }
+        }
+        None
+    }
+
+    /// In the endgame: the requested piece this peer has whose oldest request is
+    /// oldest, if it has room for another duplicate and the peer is not already on it.
+    fn endgame_piece(&self, peer: &P) -> Option<usize> {
+        let p = &self.peers[peer];
+        self.pieces
+            .iter()
+            .enumerate()
+            .filter(|(i, piece)| {
+                piece.state == PieceState::Requested
+                    && p.has_piece[*i]
+                    && piece.requests.len() < self.config.max_duplicates
+                    && !piece.requests.iter().any(|r| p.inflight.contains(r))
+            })
+            .min_by_key(|(_, piece)| {
+                piece
+                    .requests
+                    .iter()
+                    .filter_map(|r| self.requests.get(r).map(|o| o.sent))
+                    .min()
+            })
+            .map(|(i, _)| i)
+    }
+
+    fn issue(&mut self, peer: P, piece: usize, now: Duration) -> Action<P> {
+        let id = self.next_id;
+        self.next_id += 1;
+        let (blob, need, bytes) = {
+            let p = &self.pieces[piece];
+            (p.blob, p.need.clone(), p.bytes)
+        };
+        if self.pieces[piece].state == PieceState::Missing {
+            self.set_state(piece, PieceState::Requested);
+        }
+        self.pieces[piece].requests.push(id);
+        let timeout = self.config.request_timeout
+            + Duration::from_secs_f64(bytes as f64 / self.config.slowest_rate.max(1) as f64);
+        self.requests.insert(
+            id,
+            Outstanding {
+                peer,
+                piece,
+                bytes,
+                sent: now,
+                deadline: now + timeout,
+            },
+        );
+        self.inflight_bytes += bytes;
+        self.peers
+            .get_mut(&peer)
+            .expect("issuing to a known peer")
+            .inflight
+            .insert(id);
+        Action::Request {
+            id,
+            peer,
+            blob,
+            ranges: need,
+            bytes,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    const MIB: u64 = 1 << 20;
+    const T0: Duration = Duration::ZERO;
+
+    fn spec(size: u64) -> BlobSpec {
+        BlobSpec {
+            size,
+            present: ChunkRanges::empty(),
+        }
+    }
+
+    fn all_requests(s: &mut Scheduler<u32>, now: Duration) -> Vec<Action<u32>> {
+        std::iter::from_fn(|| s.poll_action(now)).collect()
+    }
+
+    fn req(a: &Action<u32>) -> (RequestId, u32, usize, ChunkRanges) {
+        match a {
+            Action::Request {
+                id,
+                peer,
+                blob,
+                ranges,
+                ..
+            } => (*id, *peer, *blob, ranges.clone()),
+            other => panic!("expected a request, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn one_seed_gets_every_piece_exactly_once() {
+        let mut s = Scheduler::new(&[spec(10 * MIB + 5)], SchedulerConfig::default());
+        s.add_peer(7, T0);
+        s.peer_has(7, 0, &ChunkRanges::all(), T0);
+        let mut seen = ChunkRanges::empty();
+        let mut count = 0;
+        while !s.is_done() {
+            let actions = all_requests(&mut s, T0);
+            assert!(!actions.is_empty(), "nothing to do but not done");
+            assert!(actions.len() <= 16, "window exceeded");
+            for a in actions {
+                let (id, peer, _, r) = req(&a);
+                assert_eq!(peer, 7);
+                assert!((&seen & &r).is_empty(), "piece requested twice");
+                seen |= r;
+                s.on_complete(id, T0);
+                count += 1;
+            }
+        }
+        assert_eq!(count, 11);
+        assert!(ranges::is_complete(&seen, 10 * MIB + 5));
+        assert_eq!(s.progress(), (10 * MIB + 5, 10 * MIB + 5));
+    }
+
+    #[test]
+    fn rarest_piece_first() {
+        let mut s = Scheduler::new(&[spec(4 * MIB)], SchedulerConfig::default());
+        for p in [1, 2, 3] {
+            s.add_peer(p, T0);
+        }
+        // Piece 3 is held by one peer only, pieces 0-2 by all three.
+        s.peer_has(1, 0, &ChunkRanges::all(), T0);
+        s.peer_has(2, 0, &ranges::from_bytes(0..3 * MIB), T0);
+        s.peer_has(3, 0, &ranges::from_bytes(0..3 * MIB), T0);
+        let a = s.poll_action(T0).unwrap();
+        let (_, peer, _, r) = req(&a);
+        if peer == 1 {
+            assert_eq!(r, ranges::from_bytes(3 * MIB..4 * MIB));
+        }
+        // Whoever asked first, peer 1 is asked for the rare piece before any other.
+        let actions = all_requests(&mut s, T0);
+        let rare = std::iter::once(a)
+            .chain(actions)
+            .find(|a| req(a).1 == 1)
+            .unwrap();
+        assert_eq!(req(&rare).3, ranges::from_bytes(3 * MIB..4 * MIB));
+    }
+
+    #[test]
+    fn already_present_ranges_are_not_requested() {
+        let present = ranges::from_bytes(0..MIB) | ranges::from_bytes(MIB + 512 * 1024..2 * MIB);
+        let mut s = Scheduler::new(
+            &[BlobSpec {
+                size: 3 * MIB,
+                present,
+            }],
+            SchedulerConfig::default(),
+        );
+        assert_eq!(s.present_at_start(), MIB + 512 * 1024);
+        s.add_peer(1, T0);
+        s.peer_has(1, 0, &ChunkRanges::all(), T0);
+        let got: Vec<_> = all_requests(&mut s, T0).iter().map(|a| req(a).3).collect();
+        assert_eq!(
+            got.iter().fold(ChunkRanges::empty(), |a, b| a | b.clone()),
+            ranges::from_bytes(MIB..MIB + 512 * 1024) | ranges::from_bytes(2 * MIB..3 * MIB)
+        );
+    }
+
+    #[test]
+    fn a_stalled_request_times_out_and_goes_to_another_peer() {
+        let cfg = SchedulerConfig {
+            min_window: 1,
+            max_window: 1,
+            ..SchedulerConfig::default()
+        };
+        let mut s = Scheduler::new(&[spec(MIB)], cfg);
+        s.add_peer(1, T0);
+        s.peer_has(1, 0, &ChunkRanges::all(), T0);
+        let (id, peer, _, _) = req(&s.poll_action(T0).unwrap());
+        assert_eq!(peer, 1);
+        s.add_peer(2, T0);
+        s.peer_has(2, 0, &ChunkRanges::all(), T0);
+        // Endgame would duplicate to peer 2; with max_duplicates 1 it must wait.
+        s.config.max_duplicates = 1;
+        assert!(s.poll_action(T0).is_none());
+        let deadline = s.next_deadline().unwrap();
+        assert!(deadline > Duration::from_secs(10));
+        assert_eq!(
+            s.poll_action(deadline),
+            Some(Action::Cancel { id, peer: 1 })
+        );
+        let (_, peer, _, _) = req(&s.poll_action(deadline).unwrap());
+        assert_eq!(peer, 2);
+    }
+
+    #[test]
+    fn a_corrupt_peer_is_banned_and_never_asked_again() {
+        let mut s = Scheduler::new(&[spec(8 * MIB)], SchedulerConfig::default());
+        for p in [1, 2] {
+            s.add_peer(p, T0);
+            s.peer_has(p, 0, &ChunkRanges::all(), T0);
+        }
+        let actions = all_requests(&mut s, T0);
+        let bad = actions.iter().find(|a| req(a).1 == 1).map(req).unwrap();
+        s.on_failed(bad.0, Failure::Corrupt, T0);
+        assert!(s.is_banned(&1));
+        let mut dropped = false;
+        for _ in 0..100 {
+            let Some(a) = s.poll_action(T0) else { break };
+            match a {
+                Action::DropPeer { peer: 1, reason } => {
+                    assert_eq!(reason, DropReason::Corrupt);
+                    dropped = true;
+                }
+                Action::Request { peer, id, .. } => {
+                    assert_eq!(peer, 2, "banned peer asked again");
+                    s.on_complete(id, T0);
+                }
+                Action::Cancel { .. } => {}
+                other => panic!("{other:?}"),
+            }
+        }
+        assert!(dropped);
+        // Peer 1's other requests were abandoned; peer 2 finishes the job.
+        for a in actions.iter().filter(|a| req(a).1 == 2) {
+            s.on_complete(req(a).0, T0);
+        }
+        while let Some(a) = s.poll_action(T0) {
+            if let Action::Request { id, .. } = a {
+                s.on_complete(id, T0);
+            }
+        }
+        assert!(s.is_done());
+    }
+
+    #[test]
+    fn endgame_duplicates_and_cancels_the_loser() {
+        let cfg = SchedulerConfig {
+            min_window: 1,
+            max_window: 1,
+            ..SchedulerConfig::default()
+        };
+        let mut s = Scheduler::new(&[spec(MIB)], cfg);
+        s.add_peer(1, T0);
+        s.peer_has(1, 0, &ChunkRanges::all(), T0);
+        let (slow, ..) = req(&s.poll_action(T0).unwrap());
+        s.add_peer(2, T0);
+        s.peer_has(2, 0, &ChunkRanges::all(), T0);
+        let (fast, peer, ..) = req(&s.poll_action(T0).unwrap());
+        assert_eq!(peer, 2, "idle peer duplicates the outstanding piece");
+        assert!(
+            s.poll_action(T0).is_none(),
+            "at most two requests per piece"
+        );
+        s.on_complete(fast, T0);
+        assert_eq!(
+            s.poll_action(T0),
+            Some(Action::Cancel { id: slow, peer: 1 })
+        );
+        assert!(s.is_done());
+        // A late answer from the loser is ignored.
+        s.on_complete(slow, T0);
+        assert!(s.is_done());
+    }
+
+    #[test]
+    fn stuck_names_what_nobody_has() {
+        let mut s = Scheduler::new(&[spec(2 * MIB), spec(MIB)], SchedulerConfig::default());
+        s.add_peer(1, T0);
+        s.peer_has(1, 0, &ranges::from_bytes(0..MIB), T0);
+        assert!(s.stuck().is_none());
+        let (id, ..) = req(&s.poll_action(T0).unwrap());
+        s.on_complete(id, T0);
+        let stuck = s.stuck().unwrap();
+        assert_eq!(
+            stuck,
+            vec![
+                (0, ranges::from_bytes(MIB..2 * MIB)),
+                (1, ranges::from_bytes(0..MIB))
+            ]
+        );
+    }
+
+    #[test]
+    fn faster_peers_get_bigger_windows() {
+        let mut s = Scheduler::new(&[spec(512 * MIB)], SchedulerConfig::default());
+        for p in [1, 2] {
+            s.add_peer(p, T0);
+            s.peer_has(p, 0, &ChunkRanges::all(), T0);
+        }
+        // Peer 1 answers each batch by the next step; peer 2 never answers.
+        let mut pending = Vec::new();
+        for step in 0..200 {
+            let now = Duration::from_millis(step);
+            for id in pending.drain(..) {
+                s.on_complete(id, now);
+            }
+            while let Some(a) = s.poll_action(now) {
+                if let Action::Request { id, peer: 1, .. } = a {
+                    pending.push(id);
+                }
+            }
+        }
+        let w1 = s.peers[&1].window;
+        let w2 = s.peers[&2].window;
+        assert!(w1 > w2, "fast peer window {w1}, slow peer window {w2}");
+        assert_eq!(w1, 16);
+    }
+
+    #[test]
+    fn same_seed_same_decisions() {
+        let run = |seed| {
+            let cfg = SchedulerConfig {
+                seed,
+                ..SchedulerConfig::default()
+            };
+            let mut s = Scheduler::new(&[spec(64 * MIB)], cfg);
+            for p in 0..4u32 {
+                s.add_peer(p, T0);
+                s.peer_has(p, 0, &ChunkRanges::all(), T0);
+            }
+            all_requests(&mut s, T0)
+        };
+        assert_eq!(run(1), run(1));
+        assert_ne!(run(1), run(2));
+    }
+
+    proptest! {
+        /// Random have-maps and outcomes: no request ever goes to a peer lacking the
+        /// piece, no piece has more than the allowed requests, and the fetch finishes
+        /// whenever the peers together have everything.
+        #[test]
+        fn invariants_hold(
+            haves in proptest::collection::vec(proptest::collection::vec(any::<bool>(), 12), 1..5),
+            outcomes in proptest::collection::vec(0u8..6, 1..400),
+            seed in any::<u64>(),
+        ) {
+            let size = 12 * MIB - 100;
+            let cfg = SchedulerConfig { seed, max_timeouts: 1000, ..SchedulerConfig::default() };
+            let mut s = Scheduler::new(&[spec(size)], cfg);
+            let mut has = Vec::new();
+            for (p, h) in haves.iter().enumerate() {
+                let mut r = ChunkRanges::empty();
+                for (i, yes) in h.iter().enumerate() {
+                    if *yes {
+                        r |= ranges::from_bytes(i as u64 * MIB..(i as u64 + 1) * MIB);
+                    }
+                }
+                s.add_peer(p as u32, T0);
+                s.peer_has(p as u32, 0, &r, T0);
+                has.push(r);
+            }
+            let covered = has.iter().fold(ChunkRanges::empty(), |a, b| a | b.clone());
+            let mut outstanding: Vec<(RequestId, u32)> = Vec::new();
+            let mut now = T0;
+            let mut outcomes = outcomes.into_iter().cycle().take(5000);
+            loop {
+                while let Some(a) = s.poll_action(now) {
+                    if let Action::Request { id, peer, ranges: r, .. } = &a {
+                        prop_assert!(r.is_subset(&has[*peer as usize]), "asked {peer} for what it lacks");
+                        outstanding.push((*id, *peer));
+                    }
+                    if let Action::Cancel { id, .. } = a {
+                        outstanding.retain(|(x, _)| *x != id);
+                    }
+                }
+                for piece in &s.pieces {
+                    prop_assert!(piece.requests.len() <= 2);
+                }
+                if s.is_done() {
+                    break;
+                }
+                if outstanding.is_empty() {
+                    // Peers may be backing off after a busy answer: let time pass once.
+                    now += Duration::from_secs(1);
+                    let mut any = false;
+                    while let Some(a) = s.poll_action(now) {
+                        if let Action::Request { id, peer, ranges: r, .. } = &a {
+                            prop_assert!(r.is_subset(&has[*peer as usize]));
+                            outstanding.push((*id, *peer));
+                            any = true;
+                        }
+                    }
+                    if !any {
+                        break;
+                    }
+                }
+                let (id, _) = outstanding.remove(0);
+                // Mostly successes, some timeouts and busy answers; no corruption, so
+                // nobody is banned and everything stays fetchable.
+                match outcomes.next().unwrap_or(0) {
+                    4 => s.on_failed(id, Failure::Timeout, now),
+                    5 => s.on_failed(id, Failure::Busy, now),
+                    _ => s.on_complete(id, now),
+                }
+                now += Duration::from_millis(600);
+            }
+            if ranges::is_complete(&covered, size) {
+                prop_assert!(s.is_done(), "not done though peers have everything");
+            } else {
+                prop_assert!(s.stuck().is_some());
+            }
+        }
+    }
+}
