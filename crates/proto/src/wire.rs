@@ -391,18 +391,37 @@ fn coarsen(r: &ChunkRanges, max: usize) -> ChunkRanges {
 
 /// The exact length of the bao encoding of `ranges` of a blob of `size` bytes: what
 /// follows a blob header. Lets a client bound its reads before it reads anything.
+///
+/// Walks the same traversal as bao-tree's encoder and decoder: ranges are first put in
+/// their canonical form for this size (a range reaching the last chunk becomes open
+/// ended, which changes how the last chunk group is walked), and the walk stops as soon
+/// as no hash is left to check.
 pub fn encoded_len(size: u64, ranges: &ChunkRanges) -> u64 {
+    use bao_tree::iter::BaoChunk;
     let tree = ranges::tree(size);
-    ResponseIterRef::new(tree, ranges)
-        .map(|item| match item {
-            bao_tree::iter::BaoChunk::Parent { .. } => 64,
-            bao_tree::iter::BaoChunk::Leaf { size, .. } => size as u64,
-        })
-        .sum()
+    let ranges = bao_tree::io::sync::truncate_ranges(ranges, size);
+    // Only the depth of the stack of hashes still to check matters here.
+    let mut pending: u64 = 1;
+    let mut len = 0;
+    for item in ResponseIterRef::new(tree, ranges) {
+        if pending == 0 {
+            break;
+        }
+        pending -= 1;
+        match item {
+            BaoChunk::Parent { left, right, .. } => {
+                len += 64;
+                pending += u64::from(left) + u64::from(right);
+            }
+            BaoChunk::Leaf { size, .. } => len += size as u64,
+        }
+    }
+    len
 }
 
 #[cfg(test)]
 mod tests {
+    use bao_tree::io::{outboard::PreOrderMemOutboard, sync::encode_ranges_validated};
     use proptest::prelude::*;
 
     use super::*;
@@ -510,22 +529,44 @@ mod tests {
 
     #[test]
     fn encoded_len_matches_the_encoder() {
-        use bao_tree::io::{outboard::PreOrderMemOutboard, sync::encode_ranges_validated};
-        let data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
-        let ob = PreOrderMemOutboard::create(&data, ranges::BLOCK_SIZE);
-        for want in [
-            r(0, 16),
-            r(16, 64) | r(200, 250),
-            ChunkRanges::all(),
-            r(290, 300),
-        ] {
-            let mut out = Vec::new();
-            encode_ranges_validated(data.as_slice(), &ob, &want, &mut out).unwrap();
-            assert_eq!(encoded_len(data.len() as u64, &want), out.len() as u64);
+        for len in [(6 << 20) + 77u32, 6 << 20, 8 << 20, 300_000, 16384, 100, 0] {
+            let data: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+            let ob = PreOrderMemOutboard::create(&data, ranges::BLOCK_SIZE);
+            for want in [
+                r(0, 16),
+                r(16, 64) | r(200, 250),
+                ChunkRanges::all(),
+                r(290, 300),
+                r(1024, 2048),
+                r(5120, 6144),
+                r(5120, 6145),
+                r(7168, 8192),
+            ] {
+                let want = ranges::clip(&want, u64::from(len));
+                assert_eq!(
+                    encoded_len(u64::from(len), &want),
+                    encoding(&data, &ob, &want).len() as u64,
+                    "len {len} ranges {want:?}"
+                );
+            }
         }
     }
 
+    fn encoding(data: &[u8], ob: &PreOrderMemOutboard, want: &ChunkRanges) -> Vec<u8> {
+        let mut out = Vec::new();
+        encode_ranges_validated(data, ob, want, &mut out).unwrap();
+        out
+    }
+
     proptest! {
+        #[test]
+        fn encoded_len_is_exact(len in 0u64..(5 << 20), a in 0u64..6000, n in 1u64..2000) {
+            let data: Vec<u8> = (0..len).map(|i| (i % 253) as u8).collect();
+            let ob = PreOrderMemOutboard::create(&data, ranges::BLOCK_SIZE);
+            let want = ranges::clip(&r(a, a + n), len);
+            prop_assert_eq!(encoded_len(len, &want), encoding(&data, &ob, &want).len() as u64);
+        }
+
         #[test]
         fn decoders_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..600)) {
             let _ = Request::decode(&bytes);

@@ -62,7 +62,7 @@ pub use gc::GcReport;
 pub use import::Imported;
 pub use manifests::{AddedManifest, StoredManifest};
 use modeld_core::{Hash, ranges::ChunkRanges};
-pub use partial::{CHECKPOINT_BYTES, CHECKPOINT_INTERVAL, PartialBlob};
+pub use partial::{CHECKPOINT_BYTES, CHECKPOINT_INTERVAL, PartialBlob, Written};
 pub use verify::{CorruptBlob, VerifyReport};
 
 /// Settings of a store.

@@ -51,6 +51,15 @@ pub const CHECKPOINT_BYTES: u64 = 32 << 20;
 /// Time after which pending data is checkpointed at the next write.
 pub const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
 
+/// What one [`PartialBlob::write_encoded`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Written {
+    /// Verified bytes that were new, now written.
+    pub new: u64,
+    /// Verified bytes that were already present (not written again).
+    pub duplicate: u64,
+}
+
 /// A handle for writing verified data into a blob. Clones share state; so do handles
 /// for the same blob obtained separately from [`Store::partial`].
 #[derive(Debug, Clone)]
@@ -332,7 +341,8 @@ impl PartialBlob {
     }
 
     /// Decodes `encoded`, the bao encoding of `ranges` of this blob, verifying every
-    /// parent and chunk group before writing it. Returns the verified bytes written.
+    /// parent and chunk group before writing it. Returns how many verified bytes were
+    /// new and how many were already present (and not written again).
     ///
     /// On a verification failure or a broken stream, what verified before the failure
     /// is kept (pending) and the error says what failed.
@@ -340,14 +350,14 @@ impl PartialBlob {
         &self,
         ranges: &ChunkRanges,
         encoded: impl Read,
-    ) -> Result<u64, WriteError> {
+    ) -> Result<Written, WriteError> {
         let hash = self.shared.hash;
         let tree = ranges::tree(self.shared.size);
         let mut outboard = OutboardWriter {
             tree,
             file: &self.shared.obao,
         };
-        let mut written = 0;
+        let mut written = Written::default();
         for item in DecodeResponseIter::new(hash.into(), tree, encoded, ranges) {
             match item {
                 Ok(BaoContentItem::Parent(Parent { node, pair })) => {
@@ -356,8 +366,11 @@ impl PartialBlob {
                         .map_err(|e| StoreError::io(format!("writing outboard of {hash}"), e))?;
                 }
                 Ok(BaoContentItem::Leaf(Leaf { offset, data })) => {
-                    self.write_verified_leaf(offset, &data)?;
-                    written += data.len() as u64;
+                    if self.write_verified_leaf(offset, &data)? {
+                        written.new += data.len() as u64;
+                    } else {
+                        written.duplicate += data.len() as u64;
+                    }
                 }
                 Err(DecodeError::LeafHashMismatch(c)) => {
                     return Err(WriteError::Corrupt {
@@ -383,20 +396,25 @@ impl PartialBlob {
         Ok(written)
     }
 
-    fn write_verified_leaf(&self, offset: u64, data: &[u8]) -> Result<(), WriteError> {
+    /// Writes one verified chunk group; `false` if it was already present.
+    fn write_verified_leaf(&self, offset: u64, data: &[u8]) -> Result<bool, WriteError> {
         let hash = self.shared.hash;
-        if self.lock().complete {
-            return Ok(());
+        let start = offset / ranges::CHUNK_BYTES;
+        let end = (offset + data.len() as u64).div_ceil(ranges::CHUNK_BYTES);
+        let leaf = ChunkRanges::from(ChunkNum(start)..ChunkNum(end));
+        {
+            let s = self.lock();
+            if s.complete || leaf.is_subset(&(&s.durable | &s.pending)) {
+                return Ok(false);
+            }
         }
         self.shared
             .data
             .write_all_at(data, offset)
             .map_err(|e| StoreError::io(format!("writing data of {hash}"), e))?;
-        let start = offset / ranges::CHUNK_BYTES;
-        let end = (offset + data.len() as u64).div_ceil(ranges::CHUNK_BYTES);
         let due = {
             let mut s = self.lock();
-            s.pending |= ChunkRanges::from(ChunkNum(start)..ChunkNum(end));
+            s.pending |= leaf;
             s.pending_bytes += data.len() as u64;
             s.pending_bytes >= CHECKPOINT_BYTES
                 || s.last_checkpoint.elapsed() >= CHECKPOINT_INTERVAL
@@ -404,7 +422,7 @@ impl PartialBlob {
         if due {
             self.checkpoint()?;
         }
-        Ok(())
+        Ok(true)
     }
 
     /// Flushes written data and records it in the index. Completes the blob (after an
@@ -519,13 +537,20 @@ mod tests {
             let mut encoded = Vec::new();
             seed.encode_ranges(hash, &r, &mut encoded).unwrap();
             let n = blob.write_encoded(&r, encoded.as_slice()).unwrap();
-            assert_eq!(n, piece.end - piece.start);
+            assert_eq!(n.new, piece.end - piece.start);
+            assert_eq!(n.duplicate, 0);
             blob.checkpoint().unwrap();
             let info = leech.blob(hash).unwrap().unwrap();
             assert_eq!(info.complete, i == pieces.len() - 1);
         }
         assert!(blob.is_complete());
         assert_eq!(std::fs::read(leech.data_path(hash)).unwrap(), bytes);
+        // The same piece again is counted as a duplicate and changes nothing.
+        let r = chunk_ranges(0..1 << 20);
+        let mut encoded = Vec::new();
+        seed.encode_ranges(hash, &r, &mut encoded).unwrap();
+        let again = blob.write_encoded(&r, encoded.as_slice()).unwrap();
+        assert_eq!((again.new, again.duplicate), (0, 1 << 20));
         drop(dir2);
     }
 

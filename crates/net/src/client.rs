@@ -1,0 +1,219 @@
+//! One connection to a peer and its requests. Every read is bounded in size (computed
+//! before reading) and in time.
+
+use std::{net::SocketAddr, time::Duration};
+
+use modeld_core::{
+    Hash, PublicKey,
+    ranges::{self, ChunkRanges},
+};
+use modeld_proto::wire::{self, HaveMap, MAX_ERROR_BYTES, Request, Status, WireError};
+
+use crate::{Net, PeerAddr, identity};
+
+/// Why a request to a peer failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PeerError {
+    /// Could not connect.
+    #[error("cannot connect to {addr}: {reason}")]
+    Connect {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        reason: String,
+    },
+    /// The peer is not who it was expected to be.
+    #[error("peer at {addr} is {actual}, not {expected}")]
+    WrongPeer {
+        /// The address.
+        addr: SocketAddr,
+        /// Who was expected.
+        expected: PublicKey,
+        /// Who answered.
+        actual: PublicKey,
+    },
+    /// No (complete) answer in time.
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+    /// The connection or stream broke.
+    #[error("connection failed: {0}")]
+    Connection(String),
+    /// The peer answered with an error status.
+    #[error("peer answered {status:?}: {message}")]
+    Status {
+        /// The status.
+        status: Status,
+        /// Its message.
+        message: String,
+    },
+    /// The answer is malformed or does not match the question.
+    #[error("malformed answer: {0}")]
+    Malformed(String),
+}
+
+impl From<WireError> for PeerError {
+    fn from(e: WireError) -> Self {
+        Self::Malformed(e.to_string())
+    }
+}
+
+/// An authenticated connection to a peer.
+#[derive(Debug, Clone)]
+pub struct PeerConn {
+    conn: quinn::Connection,
+    id: PublicKey,
+    addr: SocketAddr,
+    timeout: Duration,
+}
+
+impl PeerConn {
+    /// Connects to `peer`, checking its node id if one was given.
+    pub async fn connect(net: &Net, peer: PeerAddr) -> Result<Self, PeerError> {
+        let connect_err = |reason: String| PeerError::Connect {
+            addr: peer.addr,
+            reason,
+        };
+        let connecting = net
+            .inner
+            .endpoint
+            .connect(peer.addr, "modeld")
+            .map_err(|e| connect_err(e.to_string()))?;
+        let conn = tokio::time::timeout(net.inner.config.connect_timeout, connecting)
+            .await
+            .map_err(|_| connect_err("handshake timed out".into()))?
+            .map_err(|e| connect_err(e.to_string()))?;
+        let id =
+            identity::peer_id(&conn).ok_or_else(|| connect_err("peer sent no node id".into()))?;
+        if let Some(expected) = peer.id
+            && expected != id
+        {
+            conn.close(quinn::VarInt::from_u32(1), b"unexpected node id");
+            return Err(PeerError::WrongPeer {
+                addr: peer.addr,
+                expected,
+                actual: id,
+            });
+        }
+        Ok(Self {
+            conn,
+            id,
+            addr: peer.addr,
+            timeout: net.inner.config.request_timeout,
+        })
+    }
+
+    /// The peer's node id.
+    pub fn id(&self) -> PublicKey {
+        self.id
+    }
+
+    /// The peer's address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Closes the connection.
+    pub fn close(&self, reason: &str) {
+        self.conn
+            .close(quinn::VarInt::from_u32(0), reason.as_bytes());
+    }
+
+    /// Sends `request` and reads the whole answer (at most `limit` bytes) within
+    /// `timeout`; returns the status and the body after it.
+    async fn ask(
+        &self,
+        request: &Request,
+        limit: usize,
+        timeout: Duration,
+    ) -> Result<(Status, Vec<u8>), PeerError> {
+        let exchange = async {
+            let (mut send, mut recv) = self
+                .conn
+                .open_bi()
+                .await
+                .map_err(|e| PeerError::Connection(e.to_string()))?;
+            send.write_all(&request.encode())
+                .await
+                .map_err(|e| PeerError::Connection(e.to_string()))?;
+            send.finish()
+                .map_err(|e| PeerError::Connection(e.to_string()))?;
+            let answer = recv
+                .read_to_end(limit.max(3 + MAX_ERROR_BYTES))
+                .await
+                .map_err(|e| match e {
+                    quinn::ReadToEndError::TooLong => {
+                        PeerError::Malformed("answer longer than it can be".into())
+                    }
+                    quinn::ReadToEndError::Read(e) => PeerError::Connection(e.to_string()),
+                })?;
+            let (&status, body) = answer
+                .split_first()
+                .ok_or_else(|| PeerError::Malformed("empty answer".into()))?;
+            let status = Status::from_byte(status)?;
+            if status != Status::Ok {
+                let message = wire::decode_error(body).unwrap_or_default();
+                return Err(PeerError::Status { status, message });
+            }
+            Ok((status, body.to_vec()))
+        };
+        tokio::time::timeout(timeout, exchange)
+            .await
+            .map_err(|_| PeerError::Timeout(timeout))?
+    }
+
+    /// What the peer has of blob `hash`.
+    pub async fn have(&self, hash: Hash) -> Result<HaveMap, PeerError> {
+        let limit = 1 + 8 + 1 + 4 + wire::MAX_HAVE_BOUNDARIES * 8;
+        let (_, body) = self
+            .ask(&Request::Have { hash }, limit, self.timeout)
+            .await?;
+        Ok(HaveMap::decode(&body)?)
+    }
+
+    /// The signed manifest `id` (its bytes are not yet checked against the id).
+    pub async fn manifest(&self, id: Hash) -> Result<Vec<u8>, PeerError> {
+        let limit = 1 + 4 + modeld_core::envelope::MAX_ENVELOPE_BYTES;
+        let (_, body) = self
+            .ask(&Request::GetManifest { id }, limit, self.timeout)
+            .await?;
+        Ok(wire::decode_manifest(&body)?)
+    }
+
+    /// The bao encoding of `ranges` of blob `hash`, which is `size` bytes long. The read
+    /// is bounded by the exact encoded length, and timed by `timeout`.
+    pub async fn blob(
+        &self,
+        hash: Hash,
+        size: u64,
+        ranges: &ChunkRanges,
+        timeout: Duration,
+    ) -> Result<Vec<u8>, PeerError> {
+        let ranges = ranges::clip(ranges, size);
+        let expected = wire::encoded_len(size, &ranges) as usize;
+        let request = Request::GetBlob {
+            hash,
+            ranges: ranges.clone(),
+        };
+        let (_, mut body) = self.ask(&request, 1 + 8 + expected, timeout).await?;
+        if body.len() < 8 {
+            return Err(PeerError::Malformed("blob answer without a size".into()));
+        }
+        let mut claimed = [0u8; 8];
+        claimed.copy_from_slice(&body[..8]);
+        let claimed = wire::decode_blob_size(&claimed)?;
+        if claimed != size {
+            return Err(PeerError::Malformed(format!(
+                "peer says the blob is {claimed} bytes, the manifest says {size}"
+            )));
+        }
+        if body.len() - 8 != expected {
+            return Err(PeerError::Malformed(format!(
+                "answer has {} bytes of encoding, expected {expected} (size {size}, ranges {ranges:?})",
+                body.len() - 8
+            )));
+        }
+        body.drain(..8);
+        Ok(body)
+    }
+}

@@ -1,0 +1,577 @@
+//! The fetch driver: `modeld_proto`'s scheduler run over real peers.
+//!
+//! One task owns the scheduler. It connects to the peers, learns what each has
+//! (have-maps, refreshed while peers are incomplete), and turns the scheduler's actions
+//! into request tasks. Each request task reads one piece (bounded by its exact encoded
+//! length and a timeout), verifies it chunk group by chunk group while writing it into
+//! the store ([`modeld_store::PartialBlob::write_encoded`]), and reports back. Nothing
+//! unverified is ever written as present. Cancelled requests are aborted.
+//!
+//! The manifest must already be accepted by the store's trust policy: this module
+//! never sees an unverified manifest.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::atomic::{AtomicBool, Ordering},
+    time::{Duration, Instant},
+};
+
+use modeld_core::{Hash, PublicKey, SignedManifest, ranges};
+use modeld_proto::{
+    scheduler::{Action, BlobSpec, DropReason, Failure, Scheduler, SchedulerConfig},
+    wire::{HaveMap, Status},
+};
+use modeld_store::{PartialBlob, TempTag, WriteError};
+use tokio::{sync::mpsc, task::AbortHandle};
+
+use crate::{
+    Net, PeerAddr,
+    client::{PeerConn, PeerError},
+};
+
+/// How often have-maps of incomplete peers are refreshed, and progress reported.
+const TICK: Duration = Duration::from_millis(250);
+/// How often an incomplete peer is asked again what it has.
+const HAVE_REFRESH: Duration = Duration::from_secs(1);
+/// How long the fetch waits, with nothing in flight and nobody holding a missing
+/// piece, before giving up.
+const STUCK_GRACE: Duration = Duration::from_secs(3);
+
+/// What one peer contributed.
+#[derive(Debug, Clone)]
+pub struct PeerReport {
+    /// Its node id.
+    pub id: PublicKey,
+    /// Its address.
+    pub addr: std::net::SocketAddr,
+    /// Verified bytes it delivered.
+    pub bytes: u64,
+    /// Why it was dropped, if it was.
+    pub dropped: Option<String>,
+}
+
+/// What a fetch did.
+#[derive(Debug, Clone, Default)]
+pub struct FetchReport {
+    /// Bytes of the model.
+    pub bytes_total: u64,
+    /// Bytes already present and verified when the fetch started.
+    pub bytes_present: u64,
+    /// New verified bytes written.
+    pub bytes_fetched: u64,
+    /// Verified bytes received that were already present (endgame duplicates).
+    pub bytes_duplicate: u64,
+    /// Per peer.
+    pub peers: Vec<PeerReport>,
+    /// Peers that could not be reached.
+    pub unreachable: Vec<(String, String)>,
+    /// Time taken.
+    pub elapsed: Duration,
+}
+
+/// Why a fetch failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum FetchError {
+    /// No peer could be used.
+    #[error("no usable peer: {0}")]
+    NoPeers(String),
+    /// Some data is on no reachable peer.
+    #[error("no reachable peer has {}", .missing.iter().map(|(f, r)| format!("{f} (bytes {r})")).collect::<Vec<_>>().join(", "))]
+    Missing {
+        /// The files and the byte ranges nobody supplied.
+        missing: Vec<(String, String)>,
+    },
+    /// Stopped on request.
+    #[error("fetch cancelled")]
+    Cancelled,
+    /// The store failed (disk full, IO error).
+    #[error("store: {0}")]
+    Store(String),
+}
+
+/// Progress callback: bytes present so far, bytes in all, live peers.
+pub type ProgressFn = dyn Fn(u64, u64, usize) + Send + Sync;
+
+/// What a request task reports.
+enum Event {
+    Connected(PeerConn),
+    ConnectFailed(PeerAddr, String),
+    Have {
+        peer: PublicKey,
+        blob: usize,
+        result: Result<HaveMap, PeerError>,
+    },
+    Done {
+        id: u64,
+        peer: PublicKey,
+        outcome: Outcome,
+    },
+}
+
+enum Outcome {
+    Ok { new: u64, duplicate: u64 },
+    Failed(Failure, String),
+    Fatal(String),
+}
+
+struct Blob {
+    hash: Hash,
+    size: u64,
+    files: Vec<String>,
+    partial: PartialBlob,
+}
+
+/// Fetches every file of `manifest` from `peers` into the store.
+pub async fn fetch(
+    net: &Net,
+    manifest: &SignedManifest,
+    peers: &[PeerAddr],
+    progress: &ProgressFn,
+    cancel: &AtomicBool,
+) -> Result<FetchReport, FetchError> {
+    let started = Instant::now();
+    let store = net.inner.store.clone();
+    // One entry per distinct blob (identical files share one).
+    let mut by_hash: BTreeMap<Hash, (u64, Vec<String>)> = BTreeMap::new();
+    for f in manifest.manifest.files() {
+        by_hash
+            .entry(f.blake3)
+            .or_insert_with(|| (f.size, Vec::new()))
+            .1
+            .push(f.path.to_string());
+    }
+    let wanted: Vec<(Hash, u64, Vec<String>)> = by_hash
+        .into_iter()
+        .map(|(h, (size, files))| (h, size, files))
+        .collect();
+    let (blobs, _tags): (Vec<Blob>, Vec<TempTag>) = {
+        let store = store.clone();
+        tokio::task::spawn_blocking(move || -> Result<_, FetchError> {
+            let mut blobs = Vec::new();
+            let mut tags = Vec::new();
+            for (hash, size, files) in wanted {
+                tags.push(store.protect(hash));
+                let partial = store
+                    .partial(hash, size)
+                    .map_err(|e| FetchError::Store(e.to_string()))?;
+                blobs.push(Blob {
+                    hash,
+                    size,
+                    files,
+                    partial,
+                });
+            }
+            Ok((blobs, tags))
+        })
+        .await
+        .map_err(|e| FetchError::Store(e.to_string()))??
+    };
+    let specs: Vec<BlobSpec> = blobs
+        .iter()
+        .map(|b| BlobSpec {
+            size: b.size,
+            present: b.partial.available(),
+        })
+        .collect();
+    let config = SchedulerConfig {
+        request_timeout: net.inner.config.request_timeout,
+        seed: rand::random(),
+        ..SchedulerConfig::default()
+    };
+    let slowest = config.slowest_rate;
+    let mut sched: Scheduler<PublicKey> = Scheduler::new(&specs, config);
+    let mut report = FetchReport {
+        bytes_total: sched.progress().1,
+        bytes_present: sched.present_at_start(),
+        ..FetchReport::default()
+    };
+    net.inner
+        .counters
+        .bytes_resumed
+        .fetch_add(report.bytes_present, Ordering::Relaxed);
+    if sched.is_done() {
+        return finish(blobs, report, started).await;
+    }
+    if peers.is_empty() {
+        return Err(FetchError::NoPeers(
+            "the store does not have the whole model and no peers were given (use --peer)".into(),
+        ));
+    }
+
+    let (tx, mut rx) = mpsc::channel::<Event>(1024);
+    for &peer in peers {
+        let (net, tx) = (net.clone(), tx.clone());
+        tokio::spawn(async move {
+            let event = match PeerConn::connect(&net, peer).await {
+                Ok(c) => Event::Connected(c),
+                Err(e) => Event::ConnectFailed(peer, e.to_string()),
+            };
+            let _ = tx.send(event).await;
+        });
+    }
+    let mut pending_connects = peers.len();
+    let mut conns: BTreeMap<PublicKey, PeerConn> = BTreeMap::new();
+    let mut complete_peers: BTreeSet<(PublicKey, usize)> = BTreeSet::new();
+    let mut have_inflight: BTreeSet<(PublicKey, usize)> = BTreeSet::new();
+    let mut last_refresh = Instant::now();
+    let mut tasks: BTreeMap<u64, AbortHandle> = BTreeMap::new();
+    let mut dropped: BTreeMap<PublicKey, String> = BTreeMap::new();
+    let mut stuck_since: Option<Duration> = None;
+    let ask_have = |conn: &PeerConn, blob: usize, hash: Hash, tx: &mpsc::Sender<Event>| {
+        let (conn, tx) = (conn.clone(), tx.clone());
+        tokio::spawn(async move {
+            let result = conn.have(hash).await;
+            let _ = tx
+                .send(Event::Have {
+                    peer: conn.id(),
+                    blob,
+                    result,
+                })
+                .await;
+        });
+    };
+
+    let result = loop {
+        let now = started.elapsed();
+        while let Some(action) = sched.poll_action(now) {
+            match action {
+                Action::Request {
+                    id,
+                    peer,
+                    blob,
+                    ranges,
+                    bytes,
+                } => {
+                    let Some(conn) = conns.get(&peer).cloned() else {
+                        sched.on_failed(id, Failure::Io, now);
+                        continue;
+                    };
+                    let b = &blobs[blob];
+                    let (hash, size, partial) = (b.hash, b.size, b.partial.clone());
+                    let timeout = net.inner.config.request_timeout
+                        + Duration::from_secs_f64(bytes as f64 / slowest as f64);
+                    let (tx, net) = (tx.clone(), net.clone());
+                    let handle = tokio::spawn(async move {
+                        net.inner.download.acquire(bytes).await;
+                        let outcome = match conn.blob(hash, size, &ranges, timeout).await {
+                            Ok(encoded) => write_piece(partial, ranges, encoded).await,
+                            Err(e) => Outcome::Failed(failure_of(&e), e.to_string()),
+                        };
+                        let _ = tx
+                            .send(Event::Done {
+                                id,
+                                peer: conn.id(),
+                                outcome,
+                            })
+                            .await;
+                    });
+                    tasks.insert(id, handle.abort_handle());
+                }
+                Action::Cancel { id, .. } => {
+                    if let Some(h) = tasks.remove(&id) {
+                        h.abort();
+                    }
+                }
+                Action::DropPeer { peer, reason } => {
+                    let why = match reason {
+                        DropReason::Corrupt => {
+                            net.inner
+                                .counters
+                                .peers_banned
+                                .fetch_add(1, Ordering::Relaxed);
+                            "banned: sent data that failed verification"
+                        }
+                        DropReason::Unresponsive => "dropped: stopped answering",
+                    };
+                    tracing::warn!(%peer, reason = why, "peer dropped from the fetch");
+                    dropped.insert(peer, why.to_owned());
+                    if let Some(c) = conns.remove(&peer) {
+                        c.close(why);
+                    }
+                }
+            }
+        }
+        let (done, total) = sched.progress();
+        progress(done, total, sched.live_peers());
+        if sched.is_done() {
+            break Ok(());
+        }
+        if cancel.load(Ordering::Relaxed) {
+            break Err(FetchError::Cancelled);
+        }
+        if pending_connects == 0 && conns.is_empty() && sched.inflight() == 0 {
+            let why = report
+                .unreachable
+                .iter()
+                .map(|(p, e)| format!("{p}: {e}"))
+                .chain(dropped.iter().map(|(p, e)| format!("{p}: {e}")))
+                .collect::<Vec<_>>()
+                .join("; ");
+            break Err(FetchError::NoPeers(why));
+        }
+        match sched.stuck() {
+            Some(missing) if pending_connects == 0 && have_inflight.is_empty() => {
+                let since = *stuck_since.get_or_insert(now);
+                if now - since >= STUCK_GRACE {
+                    break Err(FetchError::Missing {
+                        missing: missing
+                            .into_iter()
+                            .map(|(b, r)| {
+                                let blob = &blobs[b];
+                                (
+                                    blob.files.join(" = "),
+                                    ranges::format_byte_ranges(&ranges::byte_ranges(&r, blob.size)),
+                                )
+                            })
+                            .collect(),
+                    });
+                }
+            }
+            _ => stuck_since = None,
+        }
+        if last_refresh.elapsed() >= HAVE_REFRESH {
+            last_refresh = Instant::now();
+            for (id, conn) in &conns {
+                for (i, b) in blobs.iter().enumerate() {
+                    let key = (*id, i);
+                    if !complete_peers.contains(&key)
+                        && !have_inflight.contains(&key)
+                        && !b.partial.is_complete()
+                    {
+                        have_inflight.insert(key);
+                        ask_have(conn, i, b.hash, &tx);
+                    }
+                }
+            }
+        }
+        let wake = sched
+            .next_deadline()
+            .map_or(TICK, |d| d.saturating_sub(started.elapsed()).min(TICK));
+        tokio::select! {
+            event = rx.recv() => {
+                let Some(event) = event else { break Err(FetchError::Cancelled) };
+                let now = started.elapsed();
+                match event {
+                    Event::Connected(conn) => {
+                        pending_connects -= 1;
+                        let id = conn.id();
+                        if id == net.node_id() {
+                            conn.close("that is me");
+                            continue;
+                        }
+                        tracing::debug!(peer = %id, addr = %conn.addr(), "connected to peer");
+                        sched.add_peer(id, now);
+                        for (i, b) in blobs.iter().enumerate() {
+                            have_inflight.insert((id, i));
+                            ask_have(&conn, i, b.hash, &tx);
+                        }
+                        conns.insert(id, conn);
+                    }
+                    Event::ConnectFailed(peer, e) => {
+                        pending_connects -= 1;
+                        tracing::warn!(%peer, error = %e, "cannot reach peer");
+                        report.unreachable.push((peer.to_string(), e));
+                    }
+                    Event::Have { peer, blob, result } => {
+                        have_inflight.remove(&(peer, blob));
+                        match result {
+                            Ok(have) if have.size == blobs[blob].size => {
+                                if have.complete {
+                                    complete_peers.insert((peer, blob));
+                                }
+                                sched.peer_has(peer, blob, &have.ranges, now);
+                            }
+                            Ok(have) => {
+                                tracing::warn!(%peer, blob = %blobs[blob].hash, claimed = have.size, "peer claims a different size; ignoring it for this blob");
+                                complete_peers.insert((peer, blob));
+                            }
+                            Err(PeerError::Status { status: Status::NotFound, .. }) => {}
+                            Err(e) => {
+                                tracing::warn!(%peer, error = %e, "peer did not say what it has");
+                                sched.remove_peer(peer, now);
+                                if let Some(c) = conns.remove(&peer) {
+                                    c.close("unresponsive");
+                                }
+                                dropped.insert(peer, format!("dropped: {e}"));
+                            }
+                        }
+                    }
+                    Event::Done { id, peer, outcome } => {
+                        tasks.remove(&id);
+                        match outcome {
+                            Outcome::Ok { new, duplicate } => {
+                                report.bytes_fetched += new;
+                                report.bytes_duplicate += duplicate;
+                                net.inner.counters.bytes_fetched.fetch_add(new, Ordering::Relaxed);
+                                net.inner.counters.bytes_duplicate.fetch_add(duplicate, Ordering::Relaxed);
+                                sched.on_complete(id, now);
+                            }
+                            Outcome::Failed(why, message) => {
+                                if why == Failure::Corrupt {
+                                    tracing::error!(%peer, error = %message, "peer sent bad data");
+                                } else {
+                                    tracing::debug!(%peer, ?why, error = %message, "request failed");
+                                }
+                                sched.on_failed(id, why, now);
+                            }
+                            Outcome::Fatal(message) => break Err(FetchError::Store(message)),
+                        }
+                    }
+                }
+            }
+            _ = tokio::time::sleep(wake) => {}
+        }
+    };
+    for h in tasks.values() {
+        h.abort();
+    }
+    for c in conns.values() {
+        c.close("fetch finished");
+    }
+    report.peers = sched
+        .delivered()
+        .filter_map(|(id, bytes)| {
+            let addr = conns
+                .get(&id)
+                .map(PeerConn::addr)
+                .or_else(|| peers.iter().find(|p| p.id == Some(id)).map(|p| p.addr))?;
+            Some(PeerReport {
+                id,
+                addr,
+                bytes,
+                dropped: dropped.get(&id).cloned(),
+            })
+        })
+        .collect();
+    // Peers dropped before any delivery still belong in the report.
+    for (id, why) in &dropped {
+        if !report.peers.iter().any(|p| p.id == *id) {
+            report.peers.push(PeerReport {
+                id: *id,
+                addr: std::net::SocketAddr::from(([0, 0, 0, 0], 0)),
+                bytes: 0,
+                dropped: Some(why.clone()),
+            });
+        }
+    }
+    match result {
+        Ok(()) => finish(blobs, report, started).await,
+        Err(e) => {
+            checkpoint_all(&blobs).await;
+            Err(e)
+        }
+    }
+}
+
+/// Flushes and records what every blob has (completing those that are whole).
+async fn checkpoint_all(blobs: &[Blob]) -> Vec<Result<bool, String>> {
+    let partials: Vec<PartialBlob> = blobs.iter().map(|b| b.partial.clone()).collect();
+    tokio::task::spawn_blocking(move || {
+        partials
+            .iter()
+            .map(|p| {
+                p.checkpoint()
+                    .map(|()| p.is_complete())
+                    .map_err(|e| e.to_string())
+            })
+            .collect()
+    })
+    .await
+    .unwrap_or_default()
+}
+
+async fn finish(
+    blobs: Vec<Blob>,
+    mut report: FetchReport,
+    started: Instant,
+) -> Result<FetchReport, FetchError> {
+    for (blob, r) in blobs.iter().zip(checkpoint_all(&blobs).await) {
+        match r {
+            Ok(true) => {}
+            Ok(false) => {
+                return Err(FetchError::Store(format!(
+                    "{} ({}) did not verify end to end; its bad ranges were dropped, fetch again",
+                    blob.files.join(", "),
+                    blob.hash
+                )));
+            }
+            Err(e) => return Err(FetchError::Store(e)),
+        }
+    }
+    report.elapsed = started.elapsed();
+    Ok(report)
+}
+
+async fn write_piece(
+    partial: PartialBlob,
+    ranges: ranges::ChunkRanges,
+    encoded: Vec<u8>,
+) -> Outcome {
+    let written =
+        tokio::task::spawn_blocking(move || partial.write_encoded(&ranges, encoded.as_slice()))
+            .await;
+    match written {
+        Ok(Ok(w)) => Outcome::Ok {
+            new: w.new,
+            duplicate: w.duplicate,
+        },
+        Ok(Err(e @ WriteError::Corrupt { .. })) => Outcome::Failed(Failure::Corrupt, e.to_string()),
+        Ok(Err(e @ WriteError::Stream { .. })) => Outcome::Failed(Failure::Io, e.to_string()),
+        Ok(Err(e)) => Outcome::Fatal(e.to_string()),
+        Err(e) => Outcome::Failed(Failure::Io, e.to_string()),
+    }
+}
+
+fn failure_of(e: &PeerError) -> Failure {
+    match e {
+        PeerError::Timeout(_) => Failure::Timeout,
+        PeerError::Status { status, .. } => match status {
+            Status::NotFound | Status::NotPresent => Failure::NotPresent,
+            Status::Busy | Status::TooLarge => Failure::Busy,
+            Status::Corrupt => Failure::Corrupt,
+            _ => Failure::Io,
+        },
+        // A peer that sends a wrong size or a wrong-length encoding is lying.
+        PeerError::Malformed(_) => Failure::Corrupt,
+        _ => Failure::Io,
+    }
+}
+
+/// Asks `peers` for the signed manifest `id`; returns the first envelope whose body
+/// hashes to `id` (nothing else about it is trusted yet).
+pub async fn fetch_manifest(
+    net: &Net,
+    peers: &[PeerAddr],
+    id: Hash,
+) -> Result<Vec<u8>, FetchError> {
+    let mut errors = Vec::new();
+    for &peer in peers {
+        let answer = async {
+            let conn = PeerConn::connect(net, peer).await?;
+            let envelope = conn.manifest(id).await;
+            conn.close("done");
+            envelope
+        }
+        .await;
+        match answer {
+            Ok(envelope) => match modeld_core::Envelope::from_bytes(&envelope) {
+                Ok(env) if env.manifest_id() == id => return Ok(envelope),
+                Ok(env) => {
+                    tracing::warn!(%peer, got = %env.manifest_id(), want = %id, "peer sent another manifest");
+                    errors.push(format!(
+                        "{peer}: sent manifest {} instead",
+                        env.manifest_id()
+                    ));
+                }
+                Err(e) => errors.push(format!("{peer}: {e}")),
+            },
+            Err(e) => errors.push(format!("{peer}: {e}")),
+        }
+    }
+    Err(FetchError::NoPeers(if errors.is_empty() {
+        "no peers given".into()
+    } else {
+        format!("no peer supplied manifest {id}: {}", errors.join("; "))
+    }))
+}

@@ -1,0 +1,298 @@
+//! Serving peers: every modeld answers requests for what it has, complete or partial.
+//!
+//! Bounds: at most [`MAX_CONNECTIONS`] connections and
+//! [`crate::endpoint::MAX_STREAMS_PER_PEER`] concurrent requests per connection; a
+//! request must arrive within [`REQUEST_READ_TIMEOUT`] and be at most
+//! `MAX_REQUEST_BYTES`; one blob request asks for at most `MAX_BLOB_REQUEST_BYTES`;
+//! answers being assembled in memory share a budget of [`ANSWER_BUDGET`] bytes; a
+//! peer sending requests faster than [`REQUESTS_PER_SEC`] gets `Busy`; the upload cap
+//! paces every answer.
+//!
+//! Only the validated encoder produces blob data: holes are refused (`NotPresent`) and
+//! rot found on the way is reported (`Corrupt`) and marked missing, never sent.
+
+use std::{
+    sync::{Arc, Mutex, atomic::Ordering},
+    time::{Duration, Instant},
+};
+
+use modeld_core::{PublicKey, ranges};
+use modeld_proto::wire::{
+    self, HaveMap, MAX_BLOB_REQUEST_BYTES, MAX_REQUEST_BYTES, Request, Status,
+};
+use modeld_store::ReadError;
+use tokio::sync::Semaphore;
+
+use crate::{Net, identity};
+
+/// Most peer connections at once.
+pub const MAX_CONNECTIONS: usize = 256;
+/// Time allowed for a request to arrive once its stream is open.
+pub const REQUEST_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Requests per second one connection may send before getting `Busy`.
+pub const REQUESTS_PER_SEC: f64 = 2000.0;
+/// Bytes of answers being assembled in memory at once, across all peers.
+pub const ANSWER_BUDGET: usize = 64 << 20;
+/// Slowest reader tolerated when sending an answer (bytes per second).
+const SLOWEST_READER: f64 = 128.0 * 1024.0;
+
+/// Accepts connections until the endpoint closes.
+pub(crate) async fn accept_loop(net: Net) {
+    let connections = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let budget = Arc::new(Semaphore::new(ANSWER_BUDGET >> 10));
+    while let Some(incoming) = net.inner.endpoint.accept().await {
+        let Ok(permit) = connections.clone().try_acquire_owned() else {
+            tracing::warn!(remote = %incoming.remote_address(), "too many peer connections; refusing");
+            incoming.refuse();
+            continue;
+        };
+        let (net, budget) = (net.clone(), budget.clone());
+        tokio::spawn(async move {
+            handle_connection(net, incoming, budget).await;
+            drop(permit);
+        });
+    }
+}
+
+async fn handle_connection(net: Net, incoming: quinn::Incoming, budget: Arc<Semaphore>) {
+    let remote = incoming.remote_address();
+    let conn = match tokio::time::timeout(net.inner.config.connect_timeout, incoming).await {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => {
+            tracing::debug!(%remote, error = %e, "peer handshake failed");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(%remote, "peer handshake timed out");
+            return;
+        }
+    };
+    let Some(peer) = identity::peer_id(&conn) else {
+        conn.close(quinn::VarInt::from_u32(1), b"no node id");
+        return;
+    };
+    tracing::debug!(%remote, %peer, "peer connected");
+    let throttle = Arc::new(Mutex::new((REQUESTS_PER_SEC, Instant::now())));
+    while let Ok((send, recv)) = conn.accept_bi().await {
+        let (net, budget, throttle) = (net.clone(), budget.clone(), throttle.clone());
+        tokio::spawn(async move {
+            handle_stream(&net, peer, send, recv, &budget, &throttle).await;
+        });
+    }
+    tracing::debug!(%remote, %peer, "peer disconnected");
+}
+
+/// Takes one request token; false if the peer is over its rate.
+fn allow_request(throttle: &Mutex<(f64, Instant)>) -> bool {
+    let mut t = throttle.lock().unwrap_or_else(|e| e.into_inner());
+    let now = Instant::now();
+    t.0 = (t.0 + now.duration_since(t.1).as_secs_f64() * REQUESTS_PER_SEC).min(REQUESTS_PER_SEC);
+    t.1 = now;
+    if t.0 >= 1.0 {
+        t.0 -= 1.0;
+        true
+    } else {
+        false
+    }
+}
+
+async fn handle_stream(
+    net: &Net,
+    peer: PublicKey,
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+    budget: &Semaphore,
+    throttle: &Mutex<(f64, Instant)>,
+) {
+    let counters = &net.inner.counters;
+    let bytes =
+        match tokio::time::timeout(REQUEST_READ_TIMEOUT, recv.read_to_end(MAX_REQUEST_BYTES)).await
+        {
+            Ok(Ok(b)) => b,
+            Ok(Err(e)) => {
+                tracing::debug!(%peer, error = %e, "bad request stream");
+                let _ = send.reset(quinn::VarInt::from_u32(Status::BadRequest as u32));
+                return;
+            }
+            Err(_) => {
+                let _ = send.reset(quinn::VarInt::from_u32(Status::BadRequest as u32));
+                return;
+            }
+        };
+    if !allow_request(throttle) {
+        counters.requests_throttled.fetch_add(1, Ordering::Relaxed);
+        let _ = reply(
+            &mut send,
+            &wire::encode_error(Status::Busy, "too many requests"),
+        )
+        .await;
+        return;
+    }
+    let request = match Request::decode(&bytes) {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::debug!(%peer, error = %e, "malformed request");
+            let _ = reply(
+                &mut send,
+                &wire::encode_error(Status::BadRequest, &e.to_string()),
+            )
+            .await;
+            return;
+        }
+    };
+    let answer = match request {
+        Request::Have { hash } => answer_have(net, hash).await,
+        Request::GetManifest { id } => answer_manifest(net, id).await,
+        Request::GetBlob { hash, ranges } => {
+            return serve_blob(net, peer, send, hash, ranges, budget).await;
+        }
+    };
+    counters.requests_served.fetch_add(1, Ordering::Relaxed);
+    let _ = reply(&mut send, &answer).await;
+}
+
+async fn reply(send: &mut quinn::SendStream, bytes: &[u8]) -> Result<(), ()> {
+    let limit = Duration::from_secs_f64(10.0 + bytes.len() as f64 / SLOWEST_READER);
+    match tokio::time::timeout(limit, send.write_all(bytes)).await {
+        Ok(Ok(())) => {
+            let _ = send.finish();
+            Ok(())
+        }
+        _ => {
+            let _ = send.reset(quinn::VarInt::from_u32(Status::Internal as u32));
+            Err(())
+        }
+    }
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+    tokio::task::spawn_blocking(f).await.ok()
+}
+
+async fn answer_have(net: &Net, hash: modeld_core::Hash) -> Vec<u8> {
+    let store = net.inner.store.clone();
+    match blocking(move || store.available(hash)).await {
+        Some(Ok(Some((size, have)))) => HaveMap {
+            size,
+            complete: ranges::is_complete(&have, size),
+            ranges: have,
+        }
+        .encode(),
+        Some(Ok(None)) => wire::encode_error(Status::NotFound, "no such blob"),
+        _ => wire::encode_error(Status::Internal, "store failure"),
+    }
+}
+
+async fn answer_manifest(net: &Net, id: modeld_core::Hash) -> Vec<u8> {
+    let store = net.inner.store.clone();
+    match blocking(move || store.manifest(id)).await {
+        Some(Ok(Some(m))) => wire::encode_manifest(&m.envelope),
+        Some(Ok(None)) => wire::encode_error(Status::NotFound, "no such manifest"),
+        _ => wire::encode_error(Status::Internal, "store failure"),
+    }
+}
+
+async fn serve_blob(
+    net: &Net,
+    peer: PublicKey,
+    mut send: quinn::SendStream,
+    hash: modeld_core::Hash,
+    ranges: ranges::ChunkRanges,
+    budget: &Semaphore,
+) {
+    let counters = &net.inner.counters;
+    let store = net.inner.store.clone();
+    let Some(Ok(found)) = blocking(move || store.available(hash)).await else {
+        let _ = reply(
+            &mut send,
+            &wire::encode_error(Status::Internal, "store failure"),
+        )
+        .await;
+        return;
+    };
+    let Some((size, _)) = found else {
+        let _ = reply(
+            &mut send,
+            &wire::encode_error(Status::NotFound, "no such blob"),
+        )
+        .await;
+        return;
+    };
+    let want = ranges::clip(&ranges, size);
+    let data_bytes = ranges::covered_bytes(&want, size);
+    if data_bytes > MAX_BLOB_REQUEST_BYTES {
+        counters.requests_throttled.fetch_add(1, Ordering::Relaxed);
+        let msg =
+            format!("asks for {data_bytes} bytes; at most {MAX_BLOB_REQUEST_BYTES} per request");
+        let _ = reply(&mut send, &wire::encode_error(Status::TooLarge, &msg)).await;
+        return;
+    }
+    let encoded_len = wire::encoded_len(size, &want) as usize;
+    let Ok(_permit) = budget.acquire_many(((encoded_len >> 10) + 1) as u32).await else {
+        return;
+    };
+    let store = net.inner.store.clone();
+    let encoded = blocking(move || {
+        let mut out = Vec::with_capacity(encoded_len);
+        store.encode_ranges(hash, &want, &mut out).map(|()| out)
+    })
+    .await;
+    let body = match encoded {
+        Some(Ok(body)) => body,
+        Some(Err(ReadError::NotFound(_))) => {
+            let _ = reply(
+                &mut send,
+                &wire::encode_error(Status::NotFound, "no such blob"),
+            )
+            .await;
+            return;
+        }
+        Some(Err(e @ ReadError::NotPresent { .. })) => {
+            let _ = reply(
+                &mut send,
+                &wire::encode_error(Status::NotPresent, &e.to_string()),
+            )
+            .await;
+            return;
+        }
+        Some(Err(e @ ReadError::Corrupt { .. })) => {
+            tracing::error!(%peer, blob = %hash, error = %e, "refused to serve corrupt data");
+            let _ = reply(
+                &mut send,
+                &wire::encode_error(Status::Corrupt, &e.to_string()),
+            )
+            .await;
+            return;
+        }
+        other => {
+            tracing::warn!(%peer, blob = %hash, error = ?other.map(|r| r.err()), "serving failed");
+            let _ = reply(
+                &mut send,
+                &wire::encode_error(Status::Internal, "store failure"),
+            )
+            .await;
+            return;
+        }
+    };
+    let limit = Duration::from_secs_f64(10.0 + body.len() as f64 / SLOWEST_READER);
+    let sent = tokio::time::timeout(limit, async {
+        send.write_all(&wire::encode_blob_header(size)).await?;
+        for piece in body.chunks(256 << 10) {
+            net.inner.upload.acquire(piece.len() as u64).await;
+            send.write_all(piece).await?;
+        }
+        send.finish().map_err(|_| quinn::WriteError::ClosedStream)
+    })
+    .await;
+    match sent {
+        Ok(Ok(())) => {
+            counters
+                .bytes_served
+                .fetch_add(data_bytes, Ordering::Relaxed);
+            counters.requests_served.fetch_add(1, Ordering::Relaxed);
+        }
+        _ => {
+            let _ = send.reset(quinn::VarInt::from_u32(Status::Internal as u32));
+        }
+    }
+}
