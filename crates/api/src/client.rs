@@ -175,7 +175,7 @@ impl Client {
         loop {
             match self.next()? {
                 ServerMessage::Event(e) => on_event(&e),
-                ServerMessage::Ok(reply) => return Ok(reply),
+                ServerMessage::Ok(reply) => return Ok(*reply),
                 ServerMessage::Error(e) => return Err(e.into()),
                 ServerMessage::Hello { .. } => {
                     return Err(CallError::Protocol("hello mid-session".into()));

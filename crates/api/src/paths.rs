@@ -74,6 +74,9 @@ pub struct RunInfo {
     /// Other addresses the daemon bound (data plane, control plane), by name.
     #[serde(default)]
     pub listen: std::collections::BTreeMap<String, String>,
+    /// The node id (public key) the daemon proves to peers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_id: Option<String>,
     /// Start time, Unix seconds.
     pub started: u64,
 }
@@ -103,6 +106,7 @@ mod tests {
             api: ApiAddr::Tcp("127.0.0.1:9".parse().unwrap()),
             token: Some("t".into()),
             listen: [("quic".to_owned(), "127.0.0.1:5".to_owned())].into(),
+            node_id: None,
             started: 1,
         };
         let json = serde_json::to_string(&info).unwrap();

@@ -47,7 +47,7 @@ pub enum ServerMessage {
     /// Progress of the running request.
     Event(Event),
     /// The request succeeded.
-    Ok(Reply),
+    Ok(Box<Reply>),
     /// The request failed.
     Error(ApiError),
 }
@@ -128,6 +128,27 @@ pub enum Request {
     },
     /// The trusted keys.
     TrustList,
+    /// Fetch a model from peers into the store (and optionally export it).
+    Fetch {
+        /// A manifest id, 6+ hex digits of one, or `org/model[:version]` known to the store.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reference: Option<String>,
+        /// A signed manifest (JSON text), instead of a reference.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        envelope: Option<String>,
+        /// Peers to fetch from (`IP:PORT` or `ed25519:<hex>@IP:PORT`), besides configured ones.
+        #[serde(default)]
+        peers: Vec<String>,
+        /// Export to this absolute directory when done.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        out: Option<PathBuf>,
+        /// Replace differing existing files when exporting.
+        #[serde(default)]
+        overwrite: bool,
+        /// Always copy when exporting.
+        #[serde(default)]
+        copy: bool,
+    },
 }
 
 /// Progress of a long request.
@@ -145,6 +166,9 @@ pub enum Event {
         /// The item being worked on.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         item: Option<String>,
+        /// Peers in use (transfers only).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        peers: Option<u32>,
     },
 }
 
@@ -179,6 +203,46 @@ pub enum Reply {
     Verified(VerifySummary),
     /// To the trust requests: the trust set after the change.
     Trust(Vec<TrustedKey>),
+    /// To [`Request::Fetch`].
+    Fetched(FetchSummary),
+}
+
+/// What a fetch did.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FetchSummary {
+    /// The manifest fetched.
+    pub manifest: ManifestSummary,
+    /// Bytes of the model.
+    pub bytes_total: u64,
+    /// Bytes already present when the fetch started (resumed).
+    pub bytes_present: u64,
+    /// New verified bytes downloaded.
+    pub bytes_fetched: u64,
+    /// Verified bytes downloaded that were already present (endgame duplicates).
+    pub bytes_duplicate: u64,
+    /// Milliseconds taken.
+    pub elapsed_ms: u64,
+    /// What each peer contributed.
+    pub peers: Vec<PeerContribution>,
+    /// Peers that could not be reached, with the reason.
+    pub unreachable: Vec<(String, String)>,
+    /// The export, if one was asked for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub export: Option<ExportSummary>,
+}
+
+/// One peer's part in a fetch.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PeerContribution {
+    /// Its node id.
+    pub id: PublicKey,
+    /// Its address.
+    pub addr: String,
+    /// Verified bytes it delivered.
+    pub bytes: u64,
+    /// Why it was dropped or banned, if it was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dropped: Option<String>,
 }
 
 /// Daemon and store summary.
@@ -207,6 +271,12 @@ pub struct Status {
     /// Named counters (bytes served, received, re-downloaded ...).
     #[serde(default)]
     pub counters: std::collections::BTreeMap<String, u64>,
+    /// This node's id on the network.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_id: Option<PublicKey>,
+    /// Addresses the daemon listens on, by protocol.
+    #[serde(default)]
+    pub listen: std::collections::BTreeMap<String, String>,
 }
 
 /// One imported file.

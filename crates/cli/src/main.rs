@@ -44,6 +44,8 @@ enum Command {
     Trust(cmd::trust::TrustCommand),
     /// Hash a directory, sign a manifest for it, store and pin it.
     Publish(cmd::publish::PublishArgs),
+    /// Fetch a model from peers (every piece verified), pin it, optionally export it.
+    Fetch(cmd::fetch::FetchArgs),
     /// Inspect manifests.
     #[command(subcommand)]
     Manifest(cmd::manifest::ManifestCommand),
@@ -112,6 +114,7 @@ fn run(ctx: &Context, command: Command) -> anyhow::Result<()> {
         Command::Key(c) => cmd::keys::run(ctx, c),
         Command::Trust(c) => cmd::trust::run(ctx, c),
         Command::Publish(a) => cmd::publish::run(ctx, &a),
+        Command::Fetch(a) => cmd::fetch::run(ctx, &a),
         Command::Manifest(c) => cmd::manifest::run(ctx, c),
         Command::Ls => cmd::store::ls(ctx),
         Command::Export(a) => cmd::store::export(ctx, &a),

@@ -111,6 +111,7 @@ impl ProgressUi {
             done,
             total,
             item,
+            peers,
         } = event;
         if self.bar.is_none() || *phase != self.phase {
             if let Some(b) = self.bar.take() {
@@ -134,6 +135,9 @@ impl ProgressUi {
             bar.set_position(*done);
             if let Some(item) = item {
                 bar.set_message(shorten(item, 60));
+            }
+            if let Some(peers) = peers {
+                bar.set_message(format!("{peers} peers"));
             }
         }
     }

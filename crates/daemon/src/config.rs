@@ -6,10 +6,13 @@
 use std::{
     net::SocketAddr,
     path::{Path, PathBuf},
+    time::Duration,
 };
 
 use anyhow::{Context, bail};
 use clap::Parser;
+use modeld_core::PublicKey;
+use modeld_net::PeerAddr;
 use serde::{Deserialize, Serialize};
 
 /// Command-line flags of `modeld`.
@@ -43,6 +46,30 @@ pub(crate) struct Args {
     #[arg(long, value_name = "N")]
     pub(crate) hash_threads: Option<usize>,
 
+    /// Data-plane (QUIC) address to listen on; port 0 picks one. [config: net.listen, default 0.0.0.0:4810]
+    #[arg(long, value_name = "IP:PORT")]
+    pub(crate) listen: Option<String>,
+
+    /// Only these node ids may connect (repeatable; default: any). [config: net.allow_peers]
+    #[arg(long = "allow-peer", value_name = "NODE_ID")]
+    pub(crate) allow_peers: Vec<String>,
+
+    /// Upload cap, e.g. `100MiB` per second (0: none). [config: net.upload_rate]
+    #[arg(long, value_name = "RATE")]
+    pub(crate) upload_rate: Option<String>,
+
+    /// Download cap, e.g. `1GiB` per second (0: none). [config: net.download_rate]
+    #[arg(long, value_name = "RATE")]
+    pub(crate) download_rate: Option<String>,
+
+    /// A peer to fetch from when none are given (repeatable): IP:PORT or NODE_ID@IP:PORT. [config: net.peers]
+    #[arg(long = "peer", value_name = "ADDR")]
+    pub(crate) peers: Vec<String>,
+
+    /// Base timeout of a request to a peer, e.g. `10s`. [config: net.request_timeout]
+    #[arg(long, value_name = "DURATION")]
+    pub(crate) request_timeout: Option<String>,
+
     /// Print the effective configuration as TOML and exit.
     #[arg(long)]
     pub(crate) print_config: bool,
@@ -58,6 +85,19 @@ pub(crate) struct FileConfig {
     log: LogSection,
     #[serde(default)]
     store: StoreSection,
+    #[serde(default)]
+    net: NetSection,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NetSection {
+    listen: Option<String>,
+    allow_peers: Option<Vec<String>>,
+    upload_rate: Option<String>,
+    download_rate: Option<String>,
+    peers: Option<Vec<String>>,
+    request_timeout: Option<String>,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -101,6 +141,18 @@ pub(crate) struct Config {
     pub(crate) api_listen: Listen,
     pub(crate) log_format: LogFormat,
     pub(crate) hash_threads: usize,
+    pub(crate) net: NetSettings,
+}
+
+/// The effective data-plane settings.
+#[derive(Debug, Clone)]
+pub(crate) struct NetSettings {
+    pub(crate) listen: SocketAddr,
+    pub(crate) allow_peers: Vec<PublicKey>,
+    pub(crate) upload_rate: u64,
+    pub(crate) download_rate: u64,
+    pub(crate) peers: Vec<PeerAddr>,
+    pub(crate) request_timeout: Duration,
 }
 
 impl Config {
@@ -132,7 +184,64 @@ impl Config {
         if hash_threads == 0 {
             bail!("store.hash_threads must be at least 1");
         }
+        let n = file.net;
+        let net_listen = args
+            .listen
+            .clone()
+            .or(n.listen)
+            .unwrap_or_else(|| "0.0.0.0:4810".to_owned());
+        let allow = if args.allow_peers.is_empty() {
+            n.allow_peers.unwrap_or_default()
+        } else {
+            args.allow_peers.clone()
+        };
+        let peers = if args.peers.is_empty() {
+            n.peers.unwrap_or_default()
+        } else {
+            args.peers.clone()
+        };
+        let net = NetSettings {
+            listen: net_listen
+                .parse()
+                .with_context(|| format!("net.listen must be IP:PORT, not {net_listen:?}"))?,
+            allow_peers: allow
+                .iter()
+                .map(|k| k.parse().with_context(|| format!("net.allow_peers: {k:?}")))
+                .collect::<anyhow::Result<_>>()?,
+            upload_rate: parse_rate(
+                &args
+                    .upload_rate
+                    .clone()
+                    .or(n.upload_rate)
+                    .unwrap_or_default(),
+            )
+            .context("net.upload_rate")?,
+            download_rate: parse_rate(
+                &args
+                    .download_rate
+                    .clone()
+                    .or(n.download_rate)
+                    .unwrap_or_default(),
+            )
+            .context("net.download_rate")?,
+            peers: peers
+                .iter()
+                .map(|p| {
+                    p.parse()
+                        .map_err(|e: String| anyhow::anyhow!("net.peers: {e}"))
+                })
+                .collect::<anyhow::Result<_>>()?,
+            request_timeout: humantime::parse_duration(
+                &args
+                    .request_timeout
+                    .clone()
+                    .or(n.request_timeout)
+                    .unwrap_or_else(|| "10s".into()),
+            )
+            .context("net.request_timeout must be a duration like 10s")?,
+        };
         Ok(Self {
+            net,
             api_listen: parse_listen(&listen, &data_dir)?,
             log_format: match format.as_str() {
                 "text" => LogFormat::Text,
@@ -166,6 +275,22 @@ impl Config {
             store: StoreSection {
                 hash_threads: Some(self.hash_threads),
             },
+            net: NetSection {
+                listen: Some(self.net.listen.to_string()),
+                allow_peers: Some(
+                    self.net
+                        .allow_peers
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect(),
+                ),
+                upload_rate: Some(self.net.upload_rate.to_string()),
+                download_rate: Some(self.net.download_rate.to_string()),
+                peers: Some(self.net.peers.iter().map(ToString::to_string).collect()),
+                request_timeout: Some(
+                    humantime::format_duration(self.net.request_timeout).to_string(),
+                ),
+            },
         };
         format!(
             "# effective modeld configuration (data dir: {})\n{}",
@@ -179,6 +304,35 @@ fn read_file(path: &Path) -> anyhow::Result<FileConfig> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("reading config file {}", path.display()))?;
     toml::from_str(&text).with_context(|| format!("in config file {}", path.display()))
+}
+
+/// Parses a byte rate per second: `0`, `1048576`, `100MiB`, `1.5GB`, `250KiB/s`.
+/// Binary units (KiB, MiB, GiB) are powers of 1024, decimal ones (KB, MB, GB) of 1000.
+pub(crate) fn parse_rate(text: &str) -> anyhow::Result<u64> {
+    let t = text.trim().trim_end_matches("/s");
+    if t.is_empty() {
+        return Ok(0);
+    }
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let num: f64 = num
+        .parse()
+        .with_context(|| format!("{text:?} is not a rate like 100MiB or 0"))?;
+    let mult: f64 = match unit.trim() {
+        "" | "B" => 1.0,
+        "KB" | "kB" => 1e3,
+        "MB" => 1e6,
+        "GB" => 1e9,
+        "K" | "KiB" => 1024.0,
+        "M" | "MiB" => 1024.0 * 1024.0,
+        "G" | "GiB" => 1024.0 * 1024.0 * 1024.0,
+        other => {
+            bail!("unknown unit {other:?} in rate {text:?} (use B, KiB, MiB, GiB, KB, MB or GB)")
+        }
+    };
+    Ok((num * mult) as u64)
 }
 
 fn parse_listen(text: &str, data_dir: &Path) -> anyhow::Result<Listen> {
@@ -253,15 +407,66 @@ mod tests {
     }
 
     #[test]
+    fn rates() {
+        assert_eq!(parse_rate("0").unwrap(), 0);
+        assert_eq!(parse_rate("").unwrap(), 0);
+        assert_eq!(parse_rate("100MiB").unwrap(), 100 << 20);
+        assert_eq!(parse_rate("1.5GB/s").unwrap(), 1_500_000_000);
+        assert_eq!(parse_rate("250 KiB/s").unwrap(), 250 << 10);
+        assert!(parse_rate("fast").is_err());
+        assert!(parse_rate("10Mbit").is_err());
+    }
+
+    #[test]
+    fn net_settings_from_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().to_str().unwrap();
+        let key = modeld_core::SecretKey::from_seed([2; 32])
+            .public()
+            .to_string();
+        let c = Config::load(&args(&[
+            "--data-dir",
+            d,
+            "--listen",
+            "127.0.0.1:0",
+            "--peer",
+            "127.0.0.1:9",
+            "--allow-peer",
+            &key,
+            "--upload-rate",
+            "10MiB",
+            "--request-timeout",
+            "2s",
+        ]))
+        .unwrap();
+        assert_eq!(c.net.listen, "127.0.0.1:0".parse().unwrap());
+        assert_eq!(c.net.peers.len(), 1);
+        assert_eq!(c.net.allow_peers.len(), 1);
+        assert_eq!(c.net.upload_rate, 10 << 20);
+        assert_eq!(c.net.request_timeout, Duration::from_secs(2));
+        assert!(Config::load(&args(&["--data-dir", d, "--peer", "nowhere"])).is_err());
+    }
+
+    #[test]
     fn effective_config_round_trips_through_toml() {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path().to_str().unwrap();
-        let c = Config::load(&args(&["--data-dir", d, "--hash-threads", "3"])).unwrap();
+        let c = Config::load(&args(&[
+            "--data-dir",
+            d,
+            "--hash-threads",
+            "3",
+            "--download-rate",
+            "5MB",
+        ]))
+        .unwrap();
         let text = c.to_toml();
         std::fs::write(dir.path().join("x.toml"), &text).unwrap();
         let x = dir.path().join("x.toml");
         let c2 = Config::load(&args(&["--data-dir", d, "--config", x.to_str().unwrap()])).unwrap();
         assert_eq!(c2.hash_threads, 3);
         assert_eq!(c2.api_listen, c.api_listen);
+        assert_eq!(c2.net.download_rate, 5_000_000);
+        assert_eq!(c2.net.request_timeout, c.net.request_timeout);
     }
 }

@@ -11,6 +11,7 @@ use std::{
 
 use anyhow::Context;
 use modeld_api::paths::{ApiAddr, RUN_INFO_FILE, RunInfo};
+use modeld_net::{AllowList, Net, NetConfig, NodeKey};
 use modeld_store::{Store, StoreOptions, unix_now};
 use tokio::{
     net::{TcpListener, UnixListener},
@@ -41,8 +42,28 @@ pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
         },
     )
     .with_context(|| format!("opening the store in {}", data_dir.display()))?;
+    let key = NodeKey::load_or_create(&data_dir.join("node.key"))?;
+    let net = Net::start(
+        store.clone(),
+        key,
+        NetConfig {
+            listen: config.net.listen,
+            allow: if config.net.allow_peers.is_empty() {
+                AllowList::anyone()
+            } else {
+                AllowList::only(config.net.allow_peers.clone())
+            },
+            upload_rate: config.net.upload_rate,
+            download_rate: config.net.download_rate,
+            request_timeout: config.net.request_timeout,
+            ..NetConfig::default()
+        },
+    )?;
+    let quic = net.local_addr()?;
+    tracing::info!(node_id = %net.node_id(), quic = %quic, "data plane listening");
     let node = Arc::new(Node {
         store,
+        net: net.clone(),
         config: config.clone(),
         started: Instant::now(),
         counters: Counters::default(),
@@ -77,7 +98,14 @@ pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
             (ApiAddr::Tcp(bound), Some(token), server)
         }
     };
-    write_run_info(&data_dir, api.clone(), token)?;
+    let listen = [("quic".to_owned(), quic.to_string())].into();
+    write_run_info(
+        &data_dir,
+        api.clone(),
+        token,
+        listen,
+        net.node_id().to_string(),
+    )?;
     tracing::info!(data_dir = %data_dir.display(), api = %api, "modeld ready");
 
     let which = tokio::select! {
@@ -88,6 +116,7 @@ pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
     let _ = fs::remove_file(data_dir.join(RUN_INFO_FILE));
     let _ = stop_tx.send(true);
     let _ = server.await;
+    net.shutdown().await;
     if let Listen::Unix(path) = &config.api_listen {
         let _ = fs::remove_file(path);
     }
@@ -97,13 +126,20 @@ pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
 }
 
 /// Writes `daemon.json` atomically, readable by the owner only.
-fn write_run_info(data_dir: &Path, api: ApiAddr, token: Option<String>) -> anyhow::Result<()> {
+fn write_run_info(
+    data_dir: &Path,
+    api: ApiAddr,
+    token: Option<String>,
+    listen: std::collections::BTreeMap<String, String>,
+    node_id: String,
+) -> anyhow::Result<()> {
     let info = RunInfo {
         pid: std::process::id(),
         version: env!("CARGO_PKG_VERSION").to_owned(),
         api,
         token,
-        listen: Default::default(),
+        listen,
+        node_id: Some(node_id),
         started: unix_now(),
     };
     let tmp = data_dir.join(format!("{RUN_INFO_FILE}.tmp"));

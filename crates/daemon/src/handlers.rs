@@ -165,10 +165,30 @@ pub(crate) fn handle(
             trust_list(node)
         }
         Request::TrustList => trust_list(node),
+        Request::Fetch {
+            reference,
+            envelope,
+            peers,
+            out,
+            overwrite,
+            copy,
+        } => crate::fetch::fetch(
+            node,
+            crate::fetch::FetchArgs {
+                reference,
+                envelope,
+                peers,
+                out,
+                overwrite,
+                copy,
+            },
+            progress,
+            cancel,
+        ),
     }
 }
 
-fn internal(e: StoreError) -> ApiError {
+pub(crate) fn internal(e: StoreError) -> ApiError {
     tracing::error!(error = %e, "store failure");
     ApiError::new(ErrorKind::Internal, e.to_string())
 }
@@ -180,7 +200,7 @@ fn not_found_manifest(reference: &str) -> ApiError {
     )
 }
 
-fn resolve(node: &Node, reference: &str) -> Result<Hash, ApiError> {
+pub(crate) fn resolve(node: &Node, reference: &str) -> Result<Hash, ApiError> {
     node.store.resolve(reference).map_err(|e| match e {
         ResolveError::NotFound(_) => ApiError::new(ErrorKind::NotFound, e.to_string()),
         ResolveError::Store(e) => internal(e),
@@ -188,7 +208,7 @@ fn resolve(node: &Node, reference: &str) -> Result<Hash, ApiError> {
     })
 }
 
-fn lookup(node: &Node, reference: &str) -> Result<StoredManifest, ApiError> {
+pub(crate) fn lookup(node: &Node, reference: &str) -> Result<StoredManifest, ApiError> {
     let id = resolve(node, reference)?;
     node.store
         .manifest(id)
@@ -196,7 +216,7 @@ fn lookup(node: &Node, reference: &str) -> Result<StoredManifest, ApiError> {
         .ok_or_else(|| not_found_manifest(reference))
 }
 
-fn summary(node: &Node, m: &StoredManifest) -> Result<ManifestSummary, ApiError> {
+pub(crate) fn summary(node: &Node, m: &StoredManifest) -> Result<ManifestSummary, ApiError> {
     let manifest = &m.signed.manifest;
     let mut complete_files = 0;
     for f in manifest.files() {
@@ -242,7 +262,24 @@ fn status(node: &Node) -> Result<Reply, ApiError> {
         manifests: manifests.len() as u64,
         pinned: manifests.iter().filter(|m| m.pinned.is_some()).count() as u64,
         trusted_keys: trust.iter().count() as u64,
-        counters: node.counters.snapshot(),
+        counters: node
+            .counters
+            .snapshot()
+            .into_iter()
+            .chain(
+                node.net
+                    .counters()
+                    .snapshot()
+                    .into_iter()
+                    .map(|(k, v)| (k.to_owned(), v)),
+            )
+            .collect(),
+        node_id: Some(node.net.node_id()),
+        listen: node
+            .net
+            .local_addr()
+            .map(|a| [("quic".to_owned(), a.to_string())].into())
+            .unwrap_or_default(),
     }))
 }
 
@@ -310,13 +347,25 @@ fn export(
     copy: bool,
     progress: &Progress,
 ) -> Result<Reply, ApiError> {
+    let stored = lookup(node, reference)?;
+    export_manifest(node, &stored, target, overwrite, copy, progress).map(Reply::Exported)
+}
+
+/// Exports a stored manifest to `target` (absolute), reporting progress.
+pub(crate) fn export_manifest(
+    node: &Node,
+    stored: &StoredManifest,
+    target: &Path,
+    overwrite: bool,
+    copy: bool,
+    progress: &Progress,
+) -> Result<ExportSummary, ApiError> {
     if !target.is_absolute() {
         return Err(ApiError::new(
             ErrorKind::Invalid,
             format!("{} is not an absolute path", target.display()),
         ));
     }
-    let stored = lookup(node, reference)?;
     progress.start("exporting", stored.signed.manifest.total_size());
     let options = ExportOptions {
         overwrite,
@@ -346,7 +395,7 @@ fn export(
         .bytes_exported
         .fetch_add(report.bytes, Ordering::Relaxed);
     tracing::info!(manifest = %stored.id, target = %report.target.display(), bytes = report.bytes, "exported");
-    Ok(Reply::Exported(ExportSummary {
+    Ok(ExportSummary {
         id: stored.id,
         target: report.target,
         files: report
@@ -355,7 +404,7 @@ fn export(
             .map(|(p, how)| (p, how.as_str().to_owned()))
             .collect(),
         bytes: report.bytes,
-    }))
+    })
 }
 
 fn verify(node: &Node, reference: Option<&str>, progress: &Progress) -> Result<Reply, ApiError> {

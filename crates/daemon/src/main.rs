@@ -5,6 +5,7 @@
 
 mod config;
 mod daemon;
+mod fetch;
 mod handlers;
 mod lock;
 mod logging;

@@ -10,6 +10,7 @@ use std::{
 };
 
 use modeld_api::protocol::Event;
+use modeld_net::Net;
 use modeld_store::Store;
 
 use crate::config::Config;
@@ -18,6 +19,7 @@ use crate::config::Config;
 #[derive(Debug)]
 pub(crate) struct Node {
     pub(crate) store: Store,
+    pub(crate) net: Net,
     pub(crate) config: Config,
     pub(crate) started: Instant,
     pub(crate) counters: Counters,
@@ -51,6 +53,8 @@ pub(crate) struct Progress {
     item: Mutex<Option<String>>,
     done: AtomicU64,
     total: AtomicU64,
+    /// Peers in use plus one (0: not a transfer).
+    peers: AtomicU64,
 }
 
 impl Progress {
@@ -71,6 +75,13 @@ impl Progress {
         self.done.fetch_add(n, Ordering::Relaxed);
     }
 
+    /// Sets the bytes done, the total and the peers in use (transfers).
+    pub(crate) fn transfer(&self, done: u64, total: u64, peers: usize) {
+        self.done.store(done, Ordering::Relaxed);
+        self.total.store(total, Ordering::Relaxed);
+        self.peers.store(peers as u64 + 1, Ordering::Relaxed);
+    }
+
     /// The event to send now, if a phase is running.
     pub(crate) fn event(&self) -> Option<Event> {
         let phase = self.phase.lock().unwrap_or_else(|e| e.into_inner()).clone();
@@ -82,6 +93,10 @@ impl Progress {
             done: self.done.load(Ordering::Relaxed),
             total: self.total.load(Ordering::Relaxed),
             item: self.item.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+            peers: match self.peers.load(Ordering::Relaxed) {
+                0 => None,
+                n => Some((n - 1) as u32),
+            },
         })
     }
 }

@@ -185,7 +185,7 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
             run_request(&node, request, state, &mut rd, &mut wr, &mut shutdown).await;
         state = back;
         let msg = match reply {
-            Ok(r) => ServerMessage::Ok(r),
+            Ok(r) => ServerMessage::Ok(Box::new(r)),
             Err(e) => ServerMessage::Error(e),
         };
         send(&mut wr, &msg).await?;

@@ -91,7 +91,7 @@ pub enum FetchError {
 }
 
 /// Progress callback: bytes present so far, bytes in all, live peers.
-pub type ProgressFn = dyn Fn(u64, u64, usize) + Send + Sync;
+pub type ProgressFn<'a> = dyn Fn(u64, u64, usize) + Send + Sync + 'a;
 
 /// What a request task reports.
 enum Event {
@@ -127,7 +127,7 @@ pub async fn fetch(
     net: &Net,
     manifest: &SignedManifest,
     peers: &[PeerAddr],
-    progress: &ProgressFn,
+    progress: &ProgressFn<'_>,
     cancel: &AtomicBool,
 ) -> Result<FetchReport, FetchError> {
     let started = Instant::now();

@@ -44,7 +44,8 @@ impl Store {
             for item in manifests.iter().idx()? {
                 let (k, v) = item.idx()?;
                 let id = Hash::from_bytes(k.value());
-                if pins.get(id.as_bytes()).idx()?.is_some() {
+                // A fetch in progress protects its (not yet pinned) manifest.
+                if pins.get(id.as_bytes()).idx()?.is_some() || self.is_protected(&id) {
                     let signed = modeld_core::SignedManifest::open(v.value())
                         .map_err(|e| StoreError::Corrupt(format!("manifest {id}: {e}")))?;
                     keep.extend(signed.manifest.files().iter().map(|f| f.blake3));

@@ -1,5 +1,6 @@
 //! One module per group of commands.
 
+pub(crate) mod fetch;
 pub(crate) mod keys;
 pub(crate) mod manifest;
 pub(crate) mod publish;

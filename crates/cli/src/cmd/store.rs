@@ -221,6 +221,12 @@ pub(crate) fn status(ctx: &Context) -> anyhow::Result<()> {
     );
     println!("manifests:  {} ({} pinned)", s.manifests, s.pinned);
     println!("trusted:    {} keys", s.trusted_keys);
+    if let Some(id) = &s.node_id {
+        println!("node id:    {id}");
+    }
+    for (proto, addr) in &s.listen {
+        println!("listening:  {proto} {addr}");
+    }
     for (k, v) in &s.counters {
         println!("{k:<22}{v}");
     }
