@@ -5,3 +5,4 @@ mod crash;
 mod lifecycle;
 mod publish_export;
 mod refusals;
+mod transfer;

@@ -5,6 +5,8 @@
 //! `$MODELD_BIN_DIR`. `cargo test --workspace` builds them (the binary crates have
 //! integration tests of their own, which makes cargo build them first).
 
+pub mod peers;
+
 use std::{
     fs::File,
     io::{BufWriter, Write},
@@ -67,9 +69,16 @@ impl Daemon {
             .append(true)
             .open(self.data_dir.join("test-modeld.log"))
             .expect("open daemon log");
+        // Loopback only, on a port of the kernel's choosing, unless the test says otherwise.
+        let listen: &[&str] = if self.extra_args.iter().any(|a| a == "--listen") {
+            &[]
+        } else {
+            &["--listen", "127.0.0.1:0"]
+        };
         let child = Command::new(bin("modeld"))
             .arg("--data-dir")
             .arg(&self.data_dir)
+            .args(listen)
             .args(&self.extra_args)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
@@ -107,6 +116,26 @@ impl Daemon {
     /// The data dir.
     pub fn data_dir(&self) -> &Path {
         &self.data_dir
+    }
+
+    /// `NODE_ID@IP:PORT` of this daemon's data plane, for `--peer`.
+    pub fn peer_addr(&self) -> String {
+        let info: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(self.data_dir.join("daemon.json")).expect("daemon.json"),
+        )
+        .expect("daemon.json is JSON");
+        format!(
+            "{}@{}",
+            info["node_id"].as_str().expect("node_id"),
+            info["listen"]["quic"].as_str().expect("quic address")
+        )
+    }
+
+    /// The daemon's counters (from `modelctl status`).
+    pub fn counter(&self, name: &str) -> u64 {
+        self.ctl_json(&["status"])["counters"][name]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no counter {name}"))
     }
 
     /// The process id.

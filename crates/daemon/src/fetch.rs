@@ -84,6 +84,11 @@ pub(crate) fn fetch(
             ApiError::new(kind, format!("fetching {}:{}: {e}", m.name(), m.version()))
         })?;
     node.store.pin(stored.id, unix_now()).map_err(internal)?;
+    let stored = node
+        .store
+        .manifest(stored.id)
+        .map_err(internal)?
+        .ok_or_else(|| ApiError::new(ErrorKind::Internal, "manifest vanished"))?;
     tracing::info!(
         manifest = %stored.id,
         fetched = report.bytes_fetched,

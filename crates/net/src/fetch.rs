@@ -254,17 +254,21 @@ pub async fn fetch(
                     let (tx, net) = (tx.clone(), net.clone());
                     let handle = tokio::spawn(async move {
                         net.inner.download.acquire(bytes).await;
-                        let outcome = match conn.blob(hash, size, &ranges, timeout).await {
-                            Ok(encoded) => write_piece(partial, ranges, encoded).await,
-                            Err(e) => Outcome::Failed(failure_of(&e), e.to_string()),
-                        };
-                        let _ = tx
-                            .send(Event::Done {
-                                id,
-                                peer: conn.id(),
-                                outcome,
-                            })
-                            .await;
+                        let peer = conn.id();
+                        match conn.blob(hash, size, &ranges, timeout).await {
+                            // Once the data is here it is verified and written even if the
+                            // request is cancelled meanwhile: the write runs in its own task.
+                            Ok(encoded) => {
+                                tokio::spawn(async move {
+                                    let outcome = write_piece(partial, ranges, encoded).await;
+                                    let _ = tx.send(Event::Done { id, peer, outcome }).await;
+                                });
+                            }
+                            Err(e) => {
+                                let outcome = Outcome::Failed(failure_of(&e), e.to_string());
+                                let _ = tx.send(Event::Done { id, peer, outcome }).await;
+                            }
+                        }
                     });
                     tasks.insert(id, handle.abort_handle());
                 }
@@ -405,6 +409,7 @@ pub async fn fetch(
                                 report.bytes_duplicate += duplicate;
                                 net.inner.counters.bytes_fetched.fetch_add(new, Ordering::Relaxed);
                                 net.inner.counters.bytes_duplicate.fetch_add(duplicate, Ordering::Relaxed);
+                                // A late answer to a cancelled duplicate only adds to the counts.
                                 sched.on_complete(id, now);
                             }
                             Outcome::Failed(why, message) => {
@@ -456,7 +461,17 @@ pub async fn fetch(
         }
     }
     match result {
-        Ok(()) => finish(blobs, report, started).await,
+        Ok(()) => {
+            // Exact by construction once every blob is complete (a piece that failed
+            // verification half way still kept its verified part).
+            let counted = report.bytes_fetched;
+            report.bytes_fetched = report.bytes_total - report.bytes_present;
+            net.inner.counters.bytes_fetched.fetch_add(
+                report.bytes_fetched.saturating_sub(counted),
+                Ordering::Relaxed,
+            );
+            finish(blobs, report, started).await
+        }
         Err(e) => {
             checkpoint_all(&blobs).await;
             Err(e)
