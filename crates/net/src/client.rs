@@ -115,18 +115,28 @@ impl PeerConn {
 
     /// Closes the connection.
     pub fn close(&self, reason: &str) {
+        let stats = self.conn.stats();
+        tracing::debug!(
+            peer = %self.id,
+            mtu = stats.path.current_mtu,
+            rtt_us = stats.path.rtt.as_micros() as u64,
+            lost = stats.path.lost_packets,
+            datagrams_in = stats.udp_rx.datagrams,
+            bytes_in = stats.udp_rx.bytes,
+            "closing peer connection"
+        );
         self.conn
             .close(quinn::VarInt::from_u32(0), reason.as_bytes());
     }
 
     /// Sends `request` and reads the whole answer (at most `limit` bytes) within
-    /// `timeout`; returns the status and the body after it.
+    /// `timeout`; returns the answer of an `Ok` status (the body starts at byte 1).
     async fn ask(
         &self,
         request: &Request,
         limit: usize,
         timeout: Duration,
-    ) -> Result<(Status, Vec<u8>), PeerError> {
+    ) -> Result<Vec<u8>, PeerError> {
         let exchange = async {
             let (mut send, mut recv) = self
                 .conn
@@ -155,7 +165,7 @@ impl PeerConn {
                 let message = wire::decode_error(body).unwrap_or_default();
                 return Err(PeerError::Status { status, message });
             }
-            Ok((status, body.to_vec()))
+            Ok(answer)
         };
         tokio::time::timeout(timeout, exchange)
             .await
@@ -165,19 +175,19 @@ impl PeerConn {
     /// What the peer has of blob `hash`.
     pub async fn have(&self, hash: Hash) -> Result<HaveMap, PeerError> {
         let limit = 1 + 8 + 1 + 4 + wire::MAX_HAVE_BOUNDARIES * 8;
-        let (_, body) = self
+        let answer = self
             .ask(&Request::Have { hash }, limit, self.timeout)
             .await?;
-        Ok(HaveMap::decode(&body)?)
+        Ok(HaveMap::decode(&answer[1..])?)
     }
 
     /// The signed manifest `id` (its bytes are not yet checked against the id).
     pub async fn manifest(&self, id: Hash) -> Result<Vec<u8>, PeerError> {
         let limit = 1 + 4 + modeld_core::envelope::MAX_ENVELOPE_BYTES;
-        let (_, body) = self
+        let answer = self
             .ask(&Request::GetManifest { id }, limit, self.timeout)
             .await?;
-        Ok(wire::decode_manifest(&body)?)
+        Ok(wire::decode_manifest(&answer[1..])?)
     }
 
     /// The bao encoding of `ranges` of blob `hash`, which is `size` bytes long. The read
@@ -188,32 +198,48 @@ impl PeerConn {
         size: u64,
         ranges: &ChunkRanges,
         timeout: Duration,
-    ) -> Result<Vec<u8>, PeerError> {
+    ) -> Result<BlobAnswer, PeerError> {
         let ranges = ranges::clip(ranges, size);
         let expected = wire::encoded_len(size, &ranges) as usize;
         let request = Request::GetBlob {
             hash,
             ranges: ranges.clone(),
         };
-        let (_, mut body) = self.ask(&request, 1 + 8 + expected, timeout).await?;
-        if body.len() < 8 {
+        let answer = self
+            .ask(&request, BlobAnswer::HEADER + expected, timeout)
+            .await?;
+        if answer.len() < BlobAnswer::HEADER {
             return Err(PeerError::Malformed("blob answer without a size".into()));
         }
         let mut claimed = [0u8; 8];
-        claimed.copy_from_slice(&body[..8]);
+        claimed.copy_from_slice(&answer[1..BlobAnswer::HEADER]);
         let claimed = wire::decode_blob_size(&claimed)?;
         if claimed != size {
             return Err(PeerError::Malformed(format!(
                 "peer says the blob is {claimed} bytes, the manifest says {size}"
             )));
         }
-        if body.len() - 8 != expected {
+        if answer.len() - BlobAnswer::HEADER != expected {
             return Err(PeerError::Malformed(format!(
-                "answer has {} bytes of encoding, expected {expected} (size {size}, ranges {ranges:?})",
-                body.len() - 8
+                "answer has {} bytes of encoding, expected {expected}",
+                answer.len() - BlobAnswer::HEADER
             )));
         }
-        body.drain(..8);
-        Ok(body)
+        Ok(BlobAnswer(answer))
+    }
+}
+
+/// A blob answer as received: status, size, then the bao encoding (kept in one buffer,
+/// never copied).
+#[derive(Debug)]
+pub struct BlobAnswer(Vec<u8>);
+
+impl BlobAnswer {
+    /// Status byte and size.
+    const HEADER: usize = 9;
+
+    /// The bao encoding of the requested ranges (not yet verified).
+    pub fn encoding(&self) -> &[u8] {
+        &self.0[Self::HEADER..]
     }
 }

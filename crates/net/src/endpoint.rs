@@ -1,9 +1,9 @@
 //! The QUIC endpoint of the data plane: one UDP socket that serves and connects.
 //!
-//! Transport settings are tuned for bulk transfer between a few peers: large stream
-//! and connection windows (so one connection can fill a fast link), BBR congestion
-//! control, path MTU discovery up to jumbo frames. See `docs/benchmarks.md` for what
-//! these settings measured against a plain HTTP transfer.
+//! Transport settings are tuned for bulk transfer between a few peers: stream and
+//! connection windows sized for fast links without overflowing socket buffers, BBR
+//! congestion control, large socket buffers. See `docs/benchmarks.md` for what each
+//! setting measured against a plain HTTP transfer.
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
@@ -19,10 +19,19 @@ use crate::{
 
 /// Concurrent requests one peer may have open on a connection.
 pub const MAX_STREAMS_PER_PEER: u32 = 64;
-/// Receive window of one stream (one request's answer).
-const STREAM_WINDOW: u32 = 16 << 20;
-/// Receive window of a connection (all answers in flight from one peer).
-const CONNECTION_WINDOW: u32 = 32 << 20;
+/// Largest UDP payload this endpoint accepts (so a peer may use jumbo frames).
+const MAX_UDP_PAYLOAD: u16 = 9000;
+/// How far path MTU discovery searches. Measured on loopback (`docs/benchmarks.md`):
+/// larger datagrams were lost under load, and each loss burst sends quinn's black-hole
+/// detector back to 1200 bytes for a minute, so searching higher bought nothing.
+const MTU_UPPER_BOUND: u16 = 1452;
+/// Kernel socket buffers, so bursts at high rates are not dropped.
+const SOCKET_BUFFER: usize = 8 << 20;
+/// Receive window of one stream (one request's answer, at most 16 MiB of data).
+const STREAM_WINDOW: u32 = 4 << 20;
+/// Receive window of a connection (all answers in flight from one peer): enough for
+/// 1 Gbit/s at 60 ms, small enough that bursts do not overflow socket buffers.
+const CONNECTION_WINDOW: u32 = 8 << 20;
 
 fn transport() -> TransportConfig {
     let mut t = TransportConfig::default();
@@ -37,7 +46,7 @@ fn transport() -> TransportConfig {
     t.keep_alive_interval(Some(Duration::from_secs(5)));
     t.congestion_controller_factory(Arc::new(quinn::congestion::BbrConfig::default()));
     let mut mtu = MtuDiscoveryConfig::default();
-    mtu.upper_bound(9000);
+    mtu.upper_bound(MTU_UPPER_BOUND);
     t.mtu_discovery_config(Some(mtu));
     t
 }
@@ -57,8 +66,29 @@ pub fn bind(
         .map_err(|e| NetError::Config(e.to_string()))?;
     let mut client = quinn::ClientConfig::new(Arc::new(client_crypto));
     client.transport_config(transport);
-    let mut endpoint = quinn::Endpoint::server(server, listen)
+    let socket = udp_socket(listen)
         .map_err(|e| NetError::Io(format!("binding the data plane on {listen}"), e))?;
+    let mut endpoint_config = quinn::EndpointConfig::default();
+    endpoint_config
+        .max_udp_payload_size(MAX_UDP_PAYLOAD)
+        .map_err(|e| NetError::Config(e.to_string()))?;
+    let mut endpoint = quinn::Endpoint::new(
+        endpoint_config,
+        Some(server),
+        socket,
+        Arc::new(quinn::TokioRuntime),
+    )
+    .map_err(|e| NetError::Io(format!("starting the data plane on {listen}"), e))?;
     endpoint.set_default_client_config(client);
     Ok(endpoint)
+}
+
+/// A UDP socket on `addr` with large kernel buffers.
+fn udp_socket(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+    let socket = std::net::UdpSocket::bind(addr)?;
+    let sock = socket2::SockRef::from(&socket);
+    // Best effort: the kernel caps these at net.core.{r,w}mem_max.
+    let _ = sock.set_recv_buffer_size(SOCKET_BUFFER);
+    let _ = sock.set_send_buffer_size(SOCKET_BUFFER);
+    Ok(socket)
 }

@@ -521,10 +521,10 @@ async fn finish(
 async fn write_piece(
     partial: PartialBlob,
     ranges: ranges::ChunkRanges,
-    encoded: Vec<u8>,
+    answer: crate::client::BlobAnswer,
 ) -> Outcome {
     let written =
-        tokio::task::spawn_blocking(move || partial.write_encoded(&ranges, encoded.as_slice()))
+        tokio::task::spawn_blocking(move || partial.write_encoded(&ranges, answer.encoding()))
             .await;
     match written {
         Ok(Ok(w)) => Outcome::Ok {

@@ -79,7 +79,17 @@ async fn handle_connection(net: Net, incoming: quinn::Incoming, budget: Arc<Sema
             handle_stream(&net, peer, send, recv, &budget, &throttle).await;
         });
     }
-    tracing::debug!(%remote, %peer, "peer disconnected");
+    let stats = conn.stats();
+    tracing::debug!(
+        %remote,
+        %peer,
+        mtu = stats.path.current_mtu,
+        lost = stats.path.lost_packets,
+        datagrams_out = stats.udp_tx.datagrams,
+        ios_out = stats.udp_tx.ios,
+        bytes_out = stats.udp_tx.bytes,
+        "peer disconnected"
+    );
 }
 
 /// Takes one request token; false if the peer is over its rate.
@@ -275,11 +285,16 @@ async fn serve_blob(
         }
     };
     let limit = Duration::from_secs_f64(10.0 + body.len() as f64 / SLOWEST_READER);
+    // Handed to QUIC by reference count, not copied.
+    let body = bytes::Bytes::from(body);
     let sent = tokio::time::timeout(limit, async {
         send.write_all(&wire::encode_blob_header(size)).await?;
-        for piece in body.chunks(256 << 10) {
-            net.inner.upload.acquire(piece.len() as u64).await;
-            send.write_all(piece).await?;
+        let mut at = 0;
+        while at < body.len() {
+            let end = (at + (256 << 10)).min(body.len());
+            net.inner.upload.acquire((end - at) as u64).await;
+            send.write_chunk(body.slice(at..end)).await?;
+            at = end;
         }
         send.finish().map_err(|_| quinn::WriteError::ClosedStream)
     })

@@ -357,72 +357,86 @@ impl PartialBlob {
             tree,
             file: &self.shared.obao,
         };
+        // What is already here of the requested ranges (small: one request's worth).
+        let have = {
+            let s = self.lock();
+            if s.complete {
+                ranges::all(self.shared.size)
+            } else {
+                &(&s.durable | &s.pending) & ranges
+            }
+        };
         let mut written = Written::default();
+        let mut fresh = ChunkRanges::empty();
+        let mut result = Ok(());
         for item in DecodeResponseIter::new(hash.into(), tree, encoded, ranges) {
-            match item {
-                Ok(BaoContentItem::Parent(Parent { node, pair })) => {
-                    outboard
-                        .save(node, &pair)
-                        .map_err(|e| StoreError::io(format!("writing outboard of {hash}"), e))?;
-                }
+            let step = match item {
+                Ok(BaoContentItem::Parent(Parent { node, pair })) => outboard
+                    .save(node, &pair)
+                    .map_err(|e| StoreError::io(format!("writing outboard of {hash}"), e).into()),
                 Ok(BaoContentItem::Leaf(Leaf { offset, data })) => {
-                    if self.write_verified_leaf(offset, &data)? {
-                        written.new += data.len() as u64;
-                    } else {
+                    let start = offset / ranges::CHUNK_BYTES;
+                    let end = (offset + data.len() as u64).div_ceil(ranges::CHUNK_BYTES);
+                    let leaf = ChunkRanges::from(ChunkNum(start)..ChunkNum(end));
+                    if leaf.is_subset(&have) {
                         written.duplicate += data.len() as u64;
+                        Ok(())
+                    } else {
+                        let w = self.shared.data.write_all_at(&data, offset).map_err(|e| {
+                            WriteError::from(StoreError::io(format!("writing data of {hash}"), e))
+                        });
+                        if w.is_ok() {
+                            fresh |= leaf;
+                            written.new += data.len() as u64;
+                        }
+                        w
                     }
                 }
-                Err(DecodeError::LeafHashMismatch(c)) => {
-                    return Err(WriteError::Corrupt {
-                        hash,
-                        what: format!("chunk group at byte {}", c.0 * ranges::CHUNK_BYTES),
-                    });
-                }
-                Err(DecodeError::ParentHashMismatch(n)) => {
-                    return Err(WriteError::Corrupt {
-                        hash,
-                        what: format!("tree node {n}"),
-                    });
-                }
-                Err(DecodeError::Io(e)) => return Err(WriteError::Stream { hash, source: e }),
+                Err(DecodeError::LeafHashMismatch(c)) => Err(WriteError::Corrupt {
+                    hash,
+                    what: format!("chunk group at byte {}", c.0 * ranges::CHUNK_BYTES),
+                }),
+                Err(DecodeError::ParentHashMismatch(n)) => Err(WriteError::Corrupt {
+                    hash,
+                    what: format!("tree node {n}"),
+                }),
+                Err(DecodeError::Io(e)) => Err(WriteError::Stream { hash, source: e }),
                 Err(e @ (DecodeError::ParentNotFound(_) | DecodeError::LeafNotFound(_))) => {
-                    return Err(WriteError::Stream {
+                    Err(WriteError::Stream {
                         hash,
                         source: io::Error::new(io::ErrorKind::UnexpectedEof, e.to_string()),
-                    });
+                    })
                 }
+            };
+            if let Err(e) = step {
+                result = Err(e);
+                break;
             }
         }
-        Ok(written)
+        // Whatever verified before a failure is kept.
+        self.add_pending(fresh, written.new)?;
+        result.map(|()| written)
     }
 
-    /// Writes one verified chunk group; `false` if it was already present.
-    fn write_verified_leaf(&self, offset: u64, data: &[u8]) -> Result<bool, WriteError> {
-        let hash = self.shared.hash;
-        let start = offset / ranges::CHUNK_BYTES;
-        let end = (offset + data.len() as u64).div_ceil(ranges::CHUNK_BYTES);
-        let leaf = ChunkRanges::from(ChunkNum(start)..ChunkNum(end));
-        {
-            let s = self.lock();
-            if s.complete || leaf.is_subset(&(&s.durable | &s.pending)) {
-                return Ok(false);
-            }
+    /// Records verified, written ranges as pending; checkpoints when due.
+    fn add_pending(&self, fresh: ChunkRanges, bytes: u64) -> Result<(), WriteError> {
+        if fresh.is_empty() {
+            return Ok(());
         }
-        self.shared
-            .data
-            .write_all_at(data, offset)
-            .map_err(|e| StoreError::io(format!("writing data of {hash}"), e))?;
         let due = {
             let mut s = self.lock();
-            s.pending |= leaf;
-            s.pending_bytes += data.len() as u64;
+            if s.complete {
+                return Ok(());
+            }
+            s.pending |= fresh;
+            s.pending_bytes += bytes;
             s.pending_bytes >= CHECKPOINT_BYTES
                 || s.last_checkpoint.elapsed() >= CHECKPOINT_INTERVAL
         };
         if due {
             self.checkpoint()?;
         }
-        Ok(true)
+        Ok(())
     }
 
     /// Flushes written data and records it in the index. Completes the blob (after an
