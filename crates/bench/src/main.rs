@@ -21,6 +21,8 @@ use std::{
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 
+mod fetch;
+
 #[derive(Debug, Parser)]
 #[command(about = "modeld benchmarks with same-run baselines")]
 struct Args {
@@ -54,6 +56,12 @@ enum What {
         #[arg(long, value_delimiter = ',', default_value = "1024,4096")]
         mib: Vec<u64>,
     },
+    /// modelctl fetch from 1 and 3 peers on loopback vs nginx + curl; peak RSS.
+    Fetch {
+        /// File sizes in MiB.
+        #[arg(long, value_delimiter = ',', default_value = "1024,4096")]
+        mib: Vec<u64>,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -73,6 +81,12 @@ fn main() -> anyhow::Result<()> {
         What::Publish { mib } => {
             for m in mib {
                 bench_publish(&dir, &bin_dir, m, args.runs)?;
+            }
+            Ok(())
+        }
+        What::Fetch { mib } => {
+            for m in mib {
+                fetch::bench_fetch(&dir, &bin_dir, m, args.runs)?;
             }
             Ok(())
         }
@@ -96,7 +110,7 @@ fn cpu_model() -> String {
 }
 
 /// A file of `mib` MiB of pseudo-random bytes, reused between runs of the benchmark.
-fn test_file(dir: &Path, mib: u64) -> anyhow::Result<PathBuf> {
+pub(crate) fn test_file(dir: &Path, mib: u64) -> anyhow::Result<PathBuf> {
     let path = dir.join(format!("input-{mib}MiB.bin"));
     if std::fs::metadata(&path).map(|m| m.len()).ok() == Some(mib << 20) {
         return Ok(path);
@@ -120,23 +134,23 @@ fn test_file(dir: &Path, mib: u64) -> anyhow::Result<PathBuf> {
 }
 
 /// Reads the file once so later runs find it page-cached.
-fn warm(path: &Path) -> anyhow::Result<()> {
+pub(crate) fn warm(path: &Path) -> anyhow::Result<()> {
     let mut f = File::open(path)?;
     std::io::copy(&mut f, &mut std::io::sink())?;
     Ok(())
 }
 
-fn sync() {
+pub(crate) fn sync() {
     let _ = Command::new("sync").status();
 }
 
-struct Stats {
-    median: f64,
-    min: f64,
-    max: f64,
+pub(crate) struct Stats {
+    pub(crate) median: f64,
+    pub(crate) min: f64,
+    pub(crate) max: f64,
 }
 
-fn stats(mut v: Vec<f64>) -> Stats {
+pub(crate) fn stats(mut v: Vec<f64>) -> Stats {
     v.sort_by(f64::total_cmp);
     Stats {
         median: v[v.len() / 2],
@@ -145,11 +159,11 @@ fn stats(mut v: Vec<f64>) -> Stats {
     }
 }
 
-fn gbps(bytes: u64, d: Duration) -> f64 {
+pub(crate) fn gbps(bytes: u64, d: Duration) -> f64 {
     bytes as f64 / d.as_secs_f64() / 1e9
 }
 
-fn time_command(cmd: &mut Command) -> anyhow::Result<Duration> {
+pub(crate) fn time_command(cmd: &mut Command) -> anyhow::Result<Duration> {
     let t = Instant::now();
     let status = cmd.stdout(Stdio::null()).status()?;
     let d = t.elapsed();
@@ -296,7 +310,7 @@ fn bench_publish(dir: &Path, bin_dir: &Path, mib: u64, runs: usize) -> anyhow::R
 }
 
 /// Flushes everything and gives the disk a moment to finish background work.
-fn settle() {
+pub(crate) fn settle() {
     sync();
     std::thread::sleep(Duration::from_secs(3));
 }
@@ -352,7 +366,7 @@ fn publish_once(
 }
 
 /// Peak resident set of a process, from /proc (VmHWM), in MiB.
-fn peak_rss_mib(pid: u32) -> anyhow::Result<f64> {
+pub(crate) fn peak_rss_mib(pid: u32) -> anyhow::Result<f64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     let kb: f64 = status
         .lines()
@@ -363,7 +377,7 @@ fn peak_rss_mib(pid: u32) -> anyhow::Result<f64> {
     Ok(kb / 1024.0)
 }
 
-fn terminate(pid: u32) {
+pub(crate) fn terminate(pid: u32) {
     let _ = Command::new("kill")
         .arg("-TERM")
         .arg(pid.to_string())
