@@ -111,7 +111,13 @@ fn start_nginx(dir: &Path, port: u16) -> anyhow::Result<Child> {
     Ok(child)
 }
 
-pub(crate) fn bench_fetch(dir: &Path, bin_dir: &Path, mib: u64, runs: usize) -> anyhow::Result<()> {
+pub(crate) fn bench_fetch(
+    dir: &Path,
+    bin_dir: &Path,
+    mib: u64,
+    runs: usize,
+    seed_rate: Option<&str>,
+) -> anyhow::Result<()> {
     let modeld = bin_dir.join("modeld");
     let modelctl = bin_dir.join("modelctl");
     let path = test_file(dir, mib)?;
@@ -150,7 +156,10 @@ pub(crate) fn bench_fetch(dir: &Path, bin_dir: &Path, mib: u64, runs: usize) -> 
     let mut seeds = Vec::new();
     let mut manifest = PathBuf::new();
     for i in 0..3 {
-        let seed = Node::start(&modeld, &modelctl, &dir.join(format!("seed{i}")), &[])?;
+        let cap: Vec<&str> = seed_rate
+            .map(|r| vec!["--upload-rate", r])
+            .unwrap_or_default();
+        let seed = Node::start(&modeld, &modelctl, &dir.join(format!("seed{i}")), &cap)?;
         seed.ok(&["trust", "add", &public])?;
         if i == 0 {
             let id = seed.ok(&[
@@ -189,13 +198,23 @@ pub(crate) fn bench_fetch(dir: &Path, bin_dir: &Path, mib: u64, runs: usize) -> 
     let port = free_port()?;
     let mut nginx = start_nginx(dir, port)?;
     let url = format!("http://127.0.0.1:{port}/{name}");
+    let contenders: &[usize] = if seed_rate.is_some() {
+        &[1, 2]
+    } else {
+        &[0, 1, 2]
+    };
 
     let mut curl = Vec::new();
     let mut one = Vec::new();
     let mut three = Vec::new();
     let mut rss = Vec::new();
     for run in 0..runs {
-        for contender in [0, 1, 2].iter().cycle().skip(run % 3).take(3) {
+        for contender in contenders
+            .iter()
+            .cycle()
+            .skip(run % contenders.len())
+            .take(contenders.len())
+        {
             warm(&path)?;
             settle();
             match contender {
@@ -231,13 +250,24 @@ pub(crate) fn bench_fetch(dir: &Path, bin_dir: &Path, mib: u64, runs: usize) -> 
         }
     }
     // SIGQUIT: nginx's graceful stop, which takes its workers along.
-    let _ = Command::new("kill").arg("-QUIT").arg(nginx.id().to_string()).status();
+    let _ = Command::new("kill")
+        .arg("-QUIT")
+        .arg(nginx.id().to_string())
+        .status();
     let _ = nginx.wait();
     for s in seeds {
         s.stop()?;
     }
+    if curl.is_empty() {
+        curl.push(f64::NAN);
+    }
     let (c, o, t, r) = (stats(curl), stats(one), stats(three), stats(rss));
-    println!("\n## fetch of one {mib} MiB file on loopback, {runs} runs");
+    println!(
+        "\n## fetch of one {mib} MiB file on loopback, {runs} runs{}",
+        seed_rate
+            .map(|r| format!(", each seed's upload capped at {r}/s"))
+            .unwrap_or_default()
+    );
     println!("| contender | median GB/s | min | max |");
     println!("|---|---|---|---|");
     println!(

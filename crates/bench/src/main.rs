@@ -61,6 +61,10 @@ enum What {
         /// File sizes in MiB.
         #[arg(long, value_delimiter = ',', default_value = "1024,4096")]
         mib: Vec<u64>,
+        /// Cap each seed's upload (e.g. `100MiB`), as each seed's own link would on a
+        /// real network; the curl baseline is then skipped.
+        #[arg(long)]
+        seed_upload_rate: Option<String>,
     },
 }
 
@@ -84,9 +88,12 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
-        What::Fetch { mib } => {
+        What::Fetch {
+            mib,
+            seed_upload_rate,
+        } => {
             for m in mib {
-                fetch::bench_fetch(&dir, &bin_dir, m, args.runs)?;
+                fetch::bench_fetch(&dir, &bin_dir, m, args.runs, seed_upload_rate.as_deref())?;
             }
             Ok(())
         }
