@@ -15,7 +15,7 @@ use crate::{
 
 #[derive(Debug, Args)]
 pub(crate) struct FetchArgs {
-    /// A signed manifest file, a manifest id (or 6+ hex digits of one), or org/model[:version] known to the store.
+    /// A signed manifest file, a manifest id (or 6+ hex digits of one), or org/model or org/model:version known to the store.
     reference: String,
     /// A peer to fetch from (repeatable): IP:PORT or NODE_ID@IP:PORT. Added to the daemon's configured peers.
     #[arg(long = "peer", value_name = "ADDR")]
