@@ -410,3 +410,44 @@ fn untrusted_and_rolled_back_manifests_are_refused_before_any_data_moves() {
         "data moved for a refused manifest"
     );
 }
+
+#[test]
+fn a_file_no_peer_has_is_named_in_the_error() {
+    let sw = swarm(1);
+    // A second seed that holds only the small files: none has the weights shards.
+    let partial = sw.fetcher("partial", &[]);
+    let small = sw.tmp.path().join("small");
+    std::fs::create_dir_all(small.join("tokenizer")).unwrap();
+    std::fs::copy(sw.model.join("config.json"), small.join("config.json")).unwrap();
+    std::fs::copy(
+        sw.model.join("tokenizer/tokenizer.json"),
+        small.join("tokenizer/tokenizer.json"),
+    )
+    .unwrap();
+    partial.ctl_ok(&[
+        "publish",
+        small.to_str().unwrap(),
+        "--name",
+        "org/small",
+        "--version",
+        "1",
+        "--key",
+        sw.key.to_str().unwrap(),
+    ]);
+    let leech = sw.fetcher("leech", &[]);
+    let err = leech.ctl_err(&[
+        "fetch",
+        sw.manifest.to_str().unwrap(),
+        "--peer",
+        &partial.peer_addr(),
+    ]);
+    assert!(err.contains("no reachable peer has"), "{err}");
+    assert!(err.contains("model-00001-of-00002.safetensors"), "{err}");
+    assert!(
+        !err.contains("config.json"),
+        "a file the peer had is named: {err}"
+    );
+    // What the peer had was fetched, verified and kept for next time.
+    let status = leech.ctl_json(&["status"]);
+    assert_eq!(status["blobs_complete"], 2, "{status}");
+}

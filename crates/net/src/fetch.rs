@@ -315,9 +315,11 @@ pub async fn fetch(
             break Err(FetchError::NoPeers(why));
         }
         match sched.stuck() {
-            Some(missing) if pending_connects == 0 && have_inflight.is_empty() => {
+            // Nothing in flight and nobody connected has what is missing: wait a little
+            // for have-map refreshes (a peer may be fetching it right now), then give up.
+            Some(missing) if pending_connects == 0 => {
                 let since = *stuck_since.get_or_insert(now);
-                if now - since >= STUCK_GRACE {
+                if now - since >= STUCK_GRACE && have_inflight.is_empty() {
                     break Err(FetchError::Missing {
                         missing: missing
                             .into_iter()
@@ -332,7 +334,8 @@ pub async fn fetch(
                     });
                 }
             }
-            _ => stuck_since = None,
+            Some(_) => {}
+            None => stuck_since = None,
         }
         if last_refresh.elapsed() >= HAVE_REFRESH {
             last_refresh = Instant::now();
