@@ -2,6 +2,7 @@
 //! would. One test binary, grouped by topic.
 
 mod crash;
+mod discovery;
 mod lifecycle;
 mod publish_export;
 mod refusals;

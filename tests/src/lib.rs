@@ -69,12 +69,18 @@ impl Daemon {
             .append(true)
             .open(self.data_dir.join("test-modeld.log"))
             .expect("open daemon log");
-        // Loopback only, on a port of the kernel's choosing, unless the test says otherwise.
-        let listen: &[&str] = if self.extra_args.iter().any(|a| a == "--listen") {
-            &[]
-        } else {
-            &["--listen", "127.0.0.1:0"]
-        };
+        // Loopback only, ports of the kernel's choosing, no multicast, unless the test
+        // says otherwise (the network-namespace lab does).
+        let mut listen: Vec<&str> = Vec::new();
+        for (flag, value) in [
+            ("--listen", "127.0.0.1:0"),
+            ("--p2p-listen", "127.0.0.1:0"),
+            ("--mdns", "false"),
+        ] {
+            if !self.extra_args.iter().any(|a| a == flag) {
+                listen.extend([flag, value]);
+            }
+        }
         let child = Command::new(bin("modeld"))
             .arg("--data-dir")
             .arg(&self.data_dir)
@@ -128,6 +134,23 @@ impl Daemon {
             "{}@{}",
             info["node_id"].as_str().expect("node_id"),
             info["listen"]["quic"].as_str().expect("quic address")
+        )
+    }
+
+    /// `NODE_ID@IP:PORT` of this daemon's control plane, for `--bootstrap`.
+    pub fn bootstrap_addr(&self) -> String {
+        let info: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(self.data_dir.join("daemon.json")).expect("daemon.json"),
+        )
+        .expect("daemon.json is JSON");
+        let p2p = info["listen"]["p2p"].as_str().expect("p2p address");
+        // /ip4/A.B.C.D/tcp/PORT
+        let parts: Vec<&str> = p2p.split('/').collect();
+        format!(
+            "{}@{}:{}",
+            info["node_id"].as_str().expect("node_id"),
+            parts[2],
+            parts[4]
         )
     }
 

@@ -128,6 +128,8 @@ pub enum Request {
     },
     /// The trusted keys.
     TrustList,
+    /// The peers this node knows.
+    Peers,
     /// Fetch a model from peers into the store (and optionally export it).
     Fetch {
         /// A manifest id, 6+ hex digits of one, or `org/model[:version]` known to the store.
@@ -205,6 +207,27 @@ pub enum Reply {
     Trust(Vec<TrustedKey>),
     /// To [`Request::Fetch`].
     Fetched(FetchSummary),
+    /// To [`Request::Peers`].
+    Peers(Vec<PeerSummary>),
+}
+
+/// A known peer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PeerSummary {
+    /// Its node id.
+    pub id: PublicKey,
+    /// Its control-plane addresses.
+    pub addrs: Vec<String>,
+    /// Its data-plane address, once known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<String>,
+    /// How it became known: `mdns`, `bootstrap`, `dht`, `inbound`.
+    pub sources: Vec<String>,
+    /// Whether a control-plane connection is open.
+    pub connected: bool,
+    /// Last round-trip time in microseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rtt_us: Option<u64>,
 }
 
 /// What a fetch did.

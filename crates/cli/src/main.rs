@@ -72,6 +72,8 @@ enum Command {
     },
     /// Show the daemon and store status.
     Status,
+    /// List the peers this node knows (nearest first), how it learned of them, and their addresses.
+    Peers,
 }
 
 /// What every command gets.
@@ -123,5 +125,6 @@ fn run(ctx: &Context, command: Command) -> anyhow::Result<()> {
         Command::Gc => cmd::store::gc(ctx),
         Command::Verify { reference } => cmd::store::verify(ctx, reference),
         Command::Status => cmd::store::status(ctx),
+        Command::Peers => cmd::peers::run(ctx),
     }
 }

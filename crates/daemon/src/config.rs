@@ -70,6 +70,18 @@ pub(crate) struct Args {
     #[arg(long, value_name = "DURATION")]
     pub(crate) request_timeout: Option<String>,
 
+    /// Control-plane (libp2p TCP) address to listen on. [config: net.p2p_listen, default 0.0.0.0:4811]
+    #[arg(long, value_name = "IP:PORT")]
+    pub(crate) p2p_listen: Option<String>,
+
+    /// Find peers on the local network with mDNS multicast: true or false. [config: net.mdns, default true]
+    #[arg(long, value_name = "BOOL")]
+    pub(crate) mdns: Option<bool>,
+
+    /// A peer to join the DHT through (repeatable): IP:PORT, NODE_ID@IP:PORT or a multiaddr. [config: net.bootstrap]
+    #[arg(long = "bootstrap", value_name = "ADDR")]
+    pub(crate) bootstrap: Vec<String>,
+
     /// Print the effective configuration as TOML and exit.
     #[arg(long)]
     pub(crate) print_config: bool,
@@ -98,6 +110,9 @@ struct NetSection {
     download_rate: Option<String>,
     peers: Option<Vec<String>>,
     request_timeout: Option<String>,
+    p2p_listen: Option<String>,
+    mdns: Option<bool>,
+    bootstrap: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -153,6 +168,9 @@ pub(crate) struct NetSettings {
     pub(crate) download_rate: u64,
     pub(crate) peers: Vec<PeerAddr>,
     pub(crate) request_timeout: Duration,
+    pub(crate) p2p_listen: SocketAddr,
+    pub(crate) mdns: bool,
+    pub(crate) bootstrap: Vec<String>,
 }
 
 impl Config {
@@ -200,7 +218,26 @@ impl Config {
         } else {
             args.peers.clone()
         };
+        let p2p_listen = args
+            .p2p_listen
+            .clone()
+            .or(n.p2p_listen)
+            .unwrap_or_else(|| "0.0.0.0:4811".to_owned());
+        let bootstrap = if args.bootstrap.is_empty() {
+            n.bootstrap.unwrap_or_default()
+        } else {
+            args.bootstrap.clone()
+        };
+        for b in &bootstrap {
+            modeld_net::discovery::check_bootstrap(b)
+                .map_err(|e| anyhow::anyhow!("net.bootstrap: {e}"))?;
+        }
         let net = NetSettings {
+            p2p_listen: p2p_listen
+                .parse()
+                .with_context(|| format!("net.p2p_listen must be IP:PORT, not {p2p_listen:?}"))?,
+            mdns: args.mdns.or(n.mdns).unwrap_or(true),
+            bootstrap,
             listen: net_listen
                 .parse()
                 .with_context(|| format!("net.listen must be IP:PORT, not {net_listen:?}"))?,
@@ -290,6 +327,9 @@ impl Config {
                 request_timeout: Some(
                     humantime::format_duration(self.net.request_timeout).to_string(),
                 ),
+                p2p_listen: Some(self.net.p2p_listen.to_string()),
+                mdns: Some(self.net.mdns),
+                bootstrap: Some(self.net.bootstrap.clone()),
             },
         };
         format!(

@@ -11,7 +11,10 @@ use std::{
 
 use anyhow::Context;
 use modeld_api::paths::{ApiAddr, RUN_INFO_FILE, RunInfo};
-use modeld_net::{AllowList, Net, NetConfig, NodeKey};
+use modeld_net::{
+    AllowList, Net, NetConfig, NodeKey,
+    discovery::{Discovery, DiscoveryConfig},
+};
 use modeld_store::{Store, StoreOptions, unix_now};
 use tokio::{
     net::{TcpListener, UnixListener},
@@ -20,6 +23,7 @@ use tokio::{
 };
 
 use crate::{
+    announce,
     config::{Config, Listen},
     lock::DataDirLock,
     node::{Counters, Node},
@@ -45,7 +49,7 @@ pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
     let key = NodeKey::load_or_create(&data_dir.join("node.key"))?;
     let net = Net::start(
         store.clone(),
-        key,
+        key.clone(),
         NetConfig {
             listen: config.net.listen,
             allow: if config.net.allow_peers.is_empty() {
@@ -61,9 +65,20 @@ pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
     )?;
     let quic = net.local_addr()?;
     tracing::info!(node_id = %net.node_id(), quic = %quic, "data plane listening");
+    let discovery = Discovery::start(
+        &key,
+        DiscoveryConfig {
+            listen: config.net.p2p_listen,
+            mdns: config.net.mdns,
+            bootstrap: config.net.bootstrap.clone(),
+            data_port: quic.port(),
+        },
+        announce::record_check(store.clone()),
+    )?;
     let node = Arc::new(Node {
         store,
         net: net.clone(),
+        discovery: discovery.clone(),
         config: config.clone(),
         started: Instant::now(),
         counters: Counters::default(),
@@ -98,7 +113,22 @@ pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
             (ApiAddr::Tcp(bound), Some(token), server)
         }
     };
-    let listen = [("quic".to_owned(), quic.to_string())].into();
+    // Give the control plane a moment to bind, so daemon.json can name its address.
+    for _ in 0..50 {
+        if !discovery.listen_addrs().is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let mut listen: std::collections::BTreeMap<String, String> =
+        [("quic".to_owned(), quic.to_string())].into();
+    if let Some(p2p) = discovery.listen_addrs().first() {
+        listen.insert("p2p".to_owned(), p2p.clone());
+    }
+    {
+        let node = node.clone();
+        tokio::spawn(async move { announce::announce_store(&node).await });
+    }
     write_run_info(
         &data_dir,
         api.clone(),

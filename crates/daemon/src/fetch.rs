@@ -4,11 +4,23 @@
 //! Order matters: the manifest passes the trust policy (signature, trusted key and
 //! scope, expiry, rollback, safe paths) before a single byte of file data is requested.
 
-use std::{path::PathBuf, sync::atomic::AtomicBool};
+use std::{
+    collections::BTreeSet,
+    net::SocketAddr,
+    path::PathBuf,
+    sync::atomic::AtomicBool,
+    time::{Duration, Instant},
+};
 
 use modeld_api::protocol::{ApiError, ErrorKind, FetchSummary, PeerContribution, Reply};
-use modeld_net::{PeerAddr, fetch::FetchError};
+use modeld_core::{Hash, NameRef, SignedManifest};
+use modeld_net::{
+    PeerAddr,
+    discovery::Discovery,
+    fetch::{FetchError, FetchOptions},
+};
 use modeld_store::{AddManifestError, StoredManifest, TempTag, unix_now};
+use tokio::sync::mpsc;
 
 use crate::{
     handlers::{export_manifest, internal, summary},
@@ -66,29 +78,48 @@ pub(crate) fn fetch(
         "fetch starting"
     );
     progress.start("fetching", m.total_size());
-    let report = runtime
-        .block_on(modeld_net::fetch::fetch(
-            &node.net,
-            &stored.signed,
-            &peers,
-            &|done, total, live| progress.transfer(done, total, live),
+    // Discovery keeps finding peers while the fetch runs: everyone nearby, and
+    // whoever announced the manifest or one of its blobs in the DHT.
+    // (Unless this node has no way to discover anyone: then the given peers are all.)
+    let discovering = node.config.net.mdns
+        || !node.config.net.bootstrap.is_empty()
+        || !runtime.block_on(node.discovery.peers()).is_empty();
+    let (found_tx, found_rx) = mpsc::channel(64);
+    let mut keys: Vec<Hash> = m.files().iter().map(|f| f.blake3).collect();
+    keys.push(stored.id);
+    let feeder = runtime.spawn(feed_peers(node.discovery.clone(), keys, found_tx));
+    let announce = |hash: Hash| {
+        let d = node.discovery.clone();
+        runtime.spawn(async move { d.provide(vec![hash]).await });
+    };
+    let result = runtime.block_on(modeld_net::fetch::fetch(
+        &node.net,
+        &stored.signed,
+        FetchOptions {
+            peers: &peers,
+            discovered: discovering.then_some(found_rx),
+            progress: &|done, total, live| progress.transfer(done, total, live),
+            on_first_piece: &announce,
             cancel,
-        ))
-        .map_err(|e| {
-            let kind = match &e {
-                FetchError::Cancelled => ErrorKind::Cancelled,
-                FetchError::Store(_) => ErrorKind::Internal,
-                _ => ErrorKind::NotFound,
-            };
-            tracing::warn!(manifest = %stored.id, error = %e, "fetch failed");
-            ApiError::new(kind, format!("fetching {}:{}: {e}", m.name(), m.version()))
-        })?;
+        },
+    ));
+    feeder.abort();
+    let report = result.map_err(|e| {
+        let kind = match &e {
+            FetchError::Cancelled => ErrorKind::Cancelled,
+            FetchError::Store(_) => ErrorKind::Internal,
+            _ => ErrorKind::NotFound,
+        };
+        tracing::warn!(manifest = %stored.id, error = %e, "fetch failed");
+        ApiError::new(kind, format!("fetching {}:{}: {e}", m.name(), m.version()))
+    })?;
     node.store.pin(stored.id, unix_now()).map_err(internal)?;
     let stored = node
         .store
         .manifest(stored.id)
         .map_err(internal)?
         .ok_or_else(|| ApiError::new(ErrorKind::Internal, "manifest vanished"))?;
+    crate::announce::announce_manifest(node, stored.id);
     tracing::info!(
         manifest = %stored.id,
         fetched = report.bytes_fetched,
@@ -172,6 +203,15 @@ fn obtain_manifest(
             "give a manifest id, a name, or a manifest file",
         )
     })?;
+    let mut refused = Vec::new();
+    if let Ok(name_ref) = reference.parse::<NameRef>() {
+        // A name: the DHT may know a newer release than this store.
+        let (best, why_not) = resolve_in_dht(node, &name_ref, runtime);
+        if let Some(envelope) = best {
+            return add(&envelope);
+        }
+        refused = why_not;
+    }
     match node.store.resolve(reference) {
         Ok(id) => {
             if let Some(stored) = node.store.manifest(id).map_err(internal)? {
@@ -181,20 +221,149 @@ fn obtain_manifest(
                 })?;
                 return Ok((stored, tag));
             }
-            // A full id the store does not have: ask the peers for it.
+            // A full id the store does not have: ask the given peers, then whoever
+            // announced it in the DHT.
+            let mut sources = peers.to_vec();
+            sources.extend(runtime.block_on(providers_of(&node.discovery, id)));
             let envelope = runtime
-                .block_on(modeld_net::fetch::fetch_manifest(&node.net, peers, id))
+                .block_on(modeld_net::fetch::fetch_manifest(&node.net, &sources, id))
                 .map_err(|e| ApiError::new(ErrorKind::NotFound, format!("manifest {id}: {e}")))?;
             add(&envelope)
         }
         Err(modeld_store::ResolveError::NotFound(_)) if reference.contains('/') => {
-            Err(ApiError::new(
-                ErrorKind::NotFound,
-                format!(
-                    "{reference} is not in this store; give the manifest id (`modelctl manifest show {reference}` on a node that has it) or a signed manifest file"
-                ),
-            ))
+            if refused.is_empty() {
+                Err(ApiError::new(
+                    ErrorKind::NotFound,
+                    format!("no trusted manifest for {reference} in this store or the DHT"),
+                ))
+            } else {
+                Err(ApiError::new(
+                    ErrorKind::Refused,
+                    format!(
+                        "refusing every manifest the DHT has for {reference}: {}",
+                        refused.join("; ")
+                    ),
+                ))
+            }
         }
         Err(e) => Err(ApiError::new(ErrorKind::Invalid, e.to_string())),
+    }
+}
+
+/// The highest-sequence signed manifest for `name_ref` that the DHT holds and this node
+/// accepts, and why the others were refused. Forged, untrusted and rolled-back records
+/// are ignored, and logged.
+fn resolve_in_dht(
+    node: &Node,
+    name_ref: &NameRef,
+    runtime: &tokio::runtime::Handle,
+) -> (Option<Vec<u8>>, Vec<String>) {
+    let candidates = runtime.block_on(
+        node.discovery
+            .resolve_name(&name_ref.name, name_ref.version.as_ref()),
+    );
+    let floor = node.store.name_state(&name_ref.name).ok().flatten();
+    let Ok(trust) = node.store.trust() else {
+        return (None, Vec::new());
+    };
+    let now = unix_now();
+    let mut best: Option<(u64, Vec<u8>)> = None;
+    let mut refused = Vec::new();
+    for envelope in candidates {
+        let signed = match SignedManifest::open(&envelope) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(name = %name_ref, error = %e, "ignoring a malformed name record");
+                continue;
+            }
+        };
+        let m = &signed.manifest;
+        if m.name() != &name_ref.name || name_ref.version.as_ref().is_some_and(|v| v != m.version())
+        {
+            tracing::warn!(name = %name_ref, found = %m.name(), "ignoring a name record for another name");
+            continue;
+        }
+        if let Err(e) = trust.accept(&signed, now, floor) {
+            tracing::warn!(name = %name_ref, manifest = %signed.id, error = %e, "ignoring a name record");
+            refused.push(e.to_string());
+            continue;
+        }
+        if best.as_ref().is_none_or(|(s, _)| m.sequence() > *s) {
+            best = Some((m.sequence(), envelope));
+        }
+    }
+    if let Some((seq, _)) = &best {
+        tracing::info!(name = %name_ref, sequence = seq, "resolved through the DHT");
+    }
+    refused.dedup();
+    (best.map(|(_, e)| e), refused)
+}
+
+/// Data-plane addresses of peers that announced `key`, waiting briefly for connections
+/// to tell their addresses.
+async fn providers_of(discovery: &Discovery, key: Hash) -> Vec<PeerAddr> {
+    let ids = discovery.find_providers(key).await;
+    if ids.is_empty() {
+        return Vec::new();
+    }
+    discovery.dial(ids.clone()).await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let known: Vec<PeerAddr> = discovery
+            .peers()
+            .await
+            .into_iter()
+            .filter(|p| ids.contains(&p.id))
+            .filter_map(|p| {
+                p.data.map(|addr| PeerAddr {
+                    id: Some(p.id),
+                    addr,
+                })
+            })
+            .collect();
+        if known.len() == ids.len() || Instant::now() > deadline {
+            return known;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Feeds the fetch with peers as they become known: every peer with a data-plane
+/// address (nearest first), and the providers of the model's blobs and manifest.
+async fn feed_peers(discovery: Discovery, keys: Vec<Hash>, found: mpsc::Sender<PeerAddr>) {
+    let mut sent: BTreeSet<SocketAddr> = BTreeSet::new();
+    let mut next_lookup = Instant::now();
+    loop {
+        for p in discovery.peers().await {
+            if let Some(addr) = p.data
+                && sent.insert(addr)
+                && found
+                    .send(PeerAddr {
+                        id: Some(p.id),
+                        addr,
+                    })
+                    .await
+                    .is_err()
+            {
+                return;
+            }
+        }
+        if Instant::now() >= next_lookup {
+            next_lookup = Instant::now() + Duration::from_secs(3);
+            let mut lookups = tokio::task::JoinSet::new();
+            for k in keys.iter().copied() {
+                let d = discovery.clone();
+                lookups.spawn(async move { d.find_providers(k).await });
+            }
+            let mut providers = BTreeSet::new();
+            while let Some(Ok(found)) = lookups.join_next().await {
+                providers.extend(found);
+            }
+            discovery.dial(providers.into_iter().collect()).await;
+        }
+        if found.is_closed() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }

@@ -8,7 +8,7 @@ use std::{
 
 use modeld_api::protocol::{
     ApiError, CorruptBlob, ErrorKind, ExportSummary, GcSummary, ImportedFile, ManifestDetail,
-    ManifestSummary, PublishPlan, Reply, Request, Status, TrustedKey, VerifySummary,
+    ManifestSummary, PeerSummary, PublishPlan, Reply, Request, Status, TrustedKey, VerifySummary,
 };
 use modeld_core::{Hash, TrustScope};
 use modeld_store::{
@@ -71,6 +71,7 @@ pub(crate) fn handle(
             } else {
                 tracing::info!(manifest = %added.id, name = %added.signed.manifest.name(), "manifest added");
             }
+            crate::announce::announce_manifest(node, added.id);
             let stored = node
                 .store
                 .manifest(added.id)
@@ -111,6 +112,7 @@ pub(crate) fn handle(
             if !node.store.pin(id, unix_now()).map_err(internal)? {
                 return Err(not_found_manifest(&reference));
             }
+            crate::announce::announce_manifest(node, id);
             Ok(Reply::Pinned { id, changed })
         }
         Request::Unpin { reference } => {
@@ -120,6 +122,17 @@ pub(crate) fn handle(
         }
         Request::Gc => {
             let r = node.store.gc().map_err(internal)?;
+            let withdrawn: Vec<Hash> = r
+                .removed_blobs
+                .iter()
+                .chain(&r.removed_manifests)
+                .copied()
+                .collect();
+            if !withdrawn.is_empty() {
+                let d = node.discovery.clone();
+                tokio::runtime::Handle::current()
+                    .spawn(async move { d.unprovide(withdrawn).await });
+            }
             tracing::info!(
                 manifests = r.manifests_removed,
                 blobs = r.blobs_removed,
@@ -165,6 +178,22 @@ pub(crate) fn handle(
             trust_list(node)
         }
         Request::TrustList => trust_list(node),
+        Request::Peers => {
+            let peers = tokio::runtime::Handle::current().block_on(node.discovery.peers());
+            Ok(Reply::Peers(
+                peers
+                    .into_iter()
+                    .map(|p| PeerSummary {
+                        id: p.id,
+                        addrs: p.addrs,
+                        data: p.data.map(|a| a.to_string()),
+                        sources: p.sources.iter().map(|s| s.as_str().to_owned()).collect(),
+                        connected: p.connected,
+                        rtt_us: p.rtt.map(|d| d.as_micros() as u64),
+                    })
+                    .collect(),
+            ))
+        }
         Request::Fetch {
             reference,
             envelope,
@@ -275,11 +304,16 @@ fn status(node: &Node) -> Result<Reply, ApiError> {
             )
             .collect(),
         node_id: Some(node.net.node_id()),
-        listen: node
-            .net
-            .local_addr()
-            .map(|a| [("quic".to_owned(), a.to_string())].into())
-            .unwrap_or_default(),
+        listen: {
+            let mut l = std::collections::BTreeMap::new();
+            if let Ok(a) = node.net.local_addr() {
+                l.insert("quic".to_owned(), a.to_string());
+            }
+            if let Some(a) = node.discovery.listen_addrs().into_iter().next() {
+                l.insert("p2p".to_owned(), a);
+            }
+            l
+        },
     }))
 }
 

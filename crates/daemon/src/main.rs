@@ -3,6 +3,7 @@
 //! This binary is thin: it reads the configuration, takes the data-dir lock, opens
 //! the store, serves the local API, and stops cleanly on SIGINT or SIGTERM.
 
+mod announce;
 mod config;
 mod daemon;
 mod fetch;

@@ -10,7 +10,7 @@ use std::{
 };
 
 use modeld_api::protocol::Event;
-use modeld_net::Net;
+use modeld_net::{Net, discovery::Discovery};
 use modeld_store::Store;
 
 use crate::config::Config;
@@ -20,6 +20,7 @@ use crate::config::Config;
 pub(crate) struct Node {
     pub(crate) store: Store,
     pub(crate) net: Net,
+    pub(crate) discovery: Discovery,
     pub(crate) config: Config,
     pub(crate) started: Instant,
     pub(crate) counters: Counters,

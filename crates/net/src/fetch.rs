@@ -93,6 +93,34 @@ pub enum FetchError {
 /// Progress callback: bytes present so far, bytes in all, live peers.
 pub type ProgressFn<'a> = dyn Fn(u64, u64, usize) + Send + Sync + 'a;
 
+/// Most peers one fetch connects to.
+pub const MAX_PEERS: usize = 32;
+/// With discovery running, how long a fetch waits for a peer that has what is missing.
+pub const DISCOVERY_PATIENCE: Duration = Duration::from_secs(60);
+
+/// Where a fetch finds peers and whom it tells about progress.
+pub struct FetchOptions<'a> {
+    /// Peers to use from the start.
+    pub peers: &'a [PeerAddr],
+    /// Peers found while the fetch runs (discovery); `None` for a fixed set.
+    pub discovered: Option<mpsc::Receiver<PeerAddr>>,
+    /// Called with bytes done, bytes in all, live peers.
+    pub progress: &'a ProgressFn<'a>,
+    /// Called once per blob when its first verified piece is stored (announce it).
+    pub on_first_piece: &'a (dyn Fn(Hash) + Send + Sync),
+    /// Set to stop.
+    pub cancel: &'a AtomicBool,
+}
+
+impl std::fmt::Debug for FetchOptions<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FetchOptions")
+            .field("peers", &self.peers)
+            .field("discovery", &self.discovered.is_some())
+            .finish()
+    }
+}
+
 /// What a request task reports.
 enum Event {
     Connected(PeerConn),
@@ -126,10 +154,15 @@ struct Blob {
 pub async fn fetch(
     net: &Net,
     manifest: &SignedManifest,
-    peers: &[PeerAddr],
-    progress: &ProgressFn<'_>,
-    cancel: &AtomicBool,
+    options: FetchOptions<'_>,
 ) -> Result<FetchReport, FetchError> {
+    let FetchOptions {
+        peers,
+        mut discovered,
+        progress,
+        on_first_piece,
+        cancel,
+    } = options;
     let started = Instant::now();
     let store = net.inner.store.clone();
     // One entry per distinct blob (identical files share one).
@@ -193,14 +226,14 @@ pub async fn fetch(
     if sched.is_done() {
         return finish(blobs, report, started).await;
     }
-    if peers.is_empty() {
+    if peers.is_empty() && discovered.is_none() {
         return Err(FetchError::NoPeers(
             "the store does not have the whole model and no peers were given (use --peer)".into(),
         ));
     }
 
     let (tx, mut rx) = mpsc::channel::<Event>(1024);
-    for &peer in peers {
+    let connect = |peer: PeerAddr| {
         let (net, tx) = (net.clone(), tx.clone());
         tokio::spawn(async move {
             let event = match PeerConn::connect(&net, peer).await {
@@ -209,8 +242,16 @@ pub async fn fetch(
             };
             let _ = tx.send(event).await;
         });
+    };
+    let mut known: BTreeSet<std::net::SocketAddr> = BTreeSet::new();
+    for &peer in peers {
+        if known.insert(peer.addr) {
+            connect(peer);
+        }
     }
-    let mut pending_connects = peers.len();
+    let mut pending_connects = known.len();
+    let mut announced = vec![false; blobs.len()];
+    let mut request_blob: BTreeMap<u64, usize> = BTreeMap::new();
     let mut conns: BTreeMap<PublicKey, PeerConn> = BTreeMap::new();
     let mut complete_peers: BTreeSet<(PublicKey, usize)> = BTreeSet::new();
     let mut have_inflight: BTreeSet<(PublicKey, usize)> = BTreeSet::new();
@@ -247,6 +288,7 @@ pub async fn fetch(
                         sched.on_failed(id, Failure::Io, now);
                         continue;
                     };
+                    request_blob.insert(id, blob);
                     let b = &blobs[blob];
                     let (hash, size, partial) = (b.hash, b.size, b.partial.clone());
                     let timeout = net.inner.config.request_timeout
@@ -304,7 +346,8 @@ pub async fn fetch(
         if cancel.load(Ordering::Relaxed) {
             break Err(FetchError::Cancelled);
         }
-        if pending_connects == 0 && conns.is_empty() && sched.inflight() == 0 {
+        let patient = discovered.is_some() && started.elapsed() < DISCOVERY_PATIENCE;
+        if pending_connects == 0 && conns.is_empty() && sched.inflight() == 0 && !patient {
             let why = report
                 .unreachable
                 .iter()
@@ -319,7 +362,12 @@ pub async fn fetch(
             // for have-map refreshes (a peer may be fetching it right now), then give up.
             Some(missing) if pending_connects == 0 => {
                 let since = *stuck_since.get_or_insert(now);
-                if now - since >= STUCK_GRACE && have_inflight.is_empty() {
+                let grace = if discovered.is_some() {
+                    DISCOVERY_PATIENCE
+                } else {
+                    STUCK_GRACE
+                };
+                if now - since >= grace && have_inflight.is_empty() {
                     break Err(FetchError::Missing {
                         missing: missing
                             .into_iter()
@@ -355,7 +403,27 @@ pub async fn fetch(
         let wake = sched
             .next_deadline()
             .map_or(TICK, |d| d.saturating_sub(started.elapsed()).min(TICK));
+        let next_discovered = async {
+            match &mut discovered {
+                Some(d) => d.recv().await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
+            found = next_discovered => match found {
+                Some(peer) => {
+                    if known.len() < MAX_PEERS
+                        && peer.id != Some(net.node_id())
+                        && !peer.id.is_some_and(|id| conns.contains_key(&id))
+                        && known.insert(peer.addr)
+                    {
+                        tracing::debug!(%peer, "discovered peer");
+                        pending_connects += 1;
+                        connect(peer);
+                    }
+                }
+                None => discovered = None,
+            },
             event = rx.recv() => {
                 let Some(event) = event else { break Err(FetchError::Cancelled) };
                 let now = started.elapsed();
@@ -408,6 +476,13 @@ pub async fn fetch(
                         tasks.remove(&id);
                         match outcome {
                             Outcome::Ok { new, duplicate } => {
+                                if let Some(b) = request_blob.remove(&id)
+                                    && new > 0
+                                    && !announced[b]
+                                {
+                                    announced[b] = true;
+                                    on_first_piece(blobs[b].hash);
+                                }
                                 report.bytes_fetched += new;
                                 report.bytes_duplicate += duplicate;
                                 net.inner.counters.bytes_fetched.fetch_add(new, Ordering::Relaxed);
@@ -416,6 +491,7 @@ pub async fn fetch(
                                 sched.on_complete(id, now);
                             }
                             Outcome::Failed(why, message) => {
+                                request_blob.remove(&id);
                                 if why == Failure::Corrupt {
                                     tracing::error!(%peer, error = %message, "peer sent bad data");
                                 } else {

@@ -13,6 +13,7 @@
 //! The wire protocol is `modeld_proto::wire` (`docs/protocol.md`).
 
 pub mod client;
+pub mod discovery;
 pub mod endpoint;
 pub mod fetch;
 pub mod identity;

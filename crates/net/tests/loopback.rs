@@ -82,6 +82,18 @@ fn publish(n: &Node, files: &[(&str, Vec<u8>)], key: &SecretKey) -> Vec<u8> {
     env
 }
 
+static NO: AtomicBool = AtomicBool::new(false);
+
+fn options(peers: &[PeerAddr]) -> fetch::FetchOptions<'_> {
+    fetch::FetchOptions {
+        peers,
+        discovered: None,
+        progress: &|_, _, _| {},
+        on_first_piece: &|_| {},
+        cancel: &NO,
+    }
+}
+
 fn data(len: usize, seed: u8) -> Vec<u8> {
     (0..len)
         .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) ^ (i >> 11) as u8)
@@ -107,15 +119,9 @@ async fn fetch_from_two_seeds_over_quic() {
         .unwrap();
     let signed = leech.store.add_manifest(&env, 2, false).unwrap().signed;
 
-    let report = fetch::fetch(
-        &leech.net,
-        &signed,
-        &[addr(&seed1), addr(&seed2)],
-        &|_, _, _| {},
-        &AtomicBool::new(false),
-    )
-    .await
-    .unwrap();
+    let report = fetch::fetch(&leech.net, &signed, options(&[addr(&seed1), addr(&seed2)]))
+        .await
+        .unwrap();
     assert_eq!(report.bytes_fetched, report.bytes_total);
     assert_eq!(report.bytes_present, 0);
     let from: Vec<u64> = report.peers.iter().map(|p| p.bytes).collect();
@@ -137,15 +143,9 @@ async fn fetch_from_two_seeds_over_quic() {
     assert!(seed1.net.counters().bytes_served.load(Ordering::Relaxed) > 0);
 
     // Fetching again moves nothing.
-    let again = fetch::fetch(
-        &leech.net,
-        &signed,
-        &[addr(&seed1)],
-        &|_, _, _| {},
-        &AtomicBool::new(false),
-    )
-    .await
-    .unwrap();
+    let again = fetch::fetch(&leech.net, &signed, options(&[addr(&seed1)]))
+        .await
+        .unwrap();
     assert_eq!(again.bytes_fetched, 0);
     assert_eq!(again.bytes_present, again.bytes_total);
 }

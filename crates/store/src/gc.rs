@@ -28,6 +28,10 @@ pub struct GcReport {
     pub blobs_removed: usize,
     /// Bytes of blob data freed.
     pub bytes_freed: u64,
+    /// The manifests removed.
+    pub removed_manifests: Vec<Hash>,
+    /// The blobs removed.
+    pub removed_blobs: Vec<Hash>,
 }
 
 impl Store {
@@ -57,6 +61,7 @@ impl Store {
                 manifests.remove(id.as_bytes()).idx()?;
             }
             report.manifests_removed = unpinned.len();
+            report.removed_manifests = unpinned.clone();
             let unpinned: HashSet<Hash> = unpinned.into_iter().collect();
             let mut versions = tx.open_table(VERSIONS).idx()?;
             versions
@@ -90,6 +95,7 @@ impl Store {
             }
             report.blobs_removed += 1;
             report.bytes_freed += size;
+            report.removed_blobs.push(*hash);
         }
         Ok(report)
     }

@@ -3,6 +3,7 @@
 pub(crate) mod fetch;
 pub(crate) mod keys;
 pub(crate) mod manifest;
+pub(crate) mod peers;
 pub(crate) mod publish;
 pub(crate) mod store;
 pub(crate) mod trust;
