@@ -5,6 +5,7 @@
 //! `$MODELD_BIN_DIR`. `cargo test --workspace` builds them (the binary crates have
 //! integration tests of their own, which makes cargo build them first).
 
+pub mod lab;
 pub mod peers;
 
 use std::{
@@ -43,6 +44,8 @@ pub struct Daemon {
     data_dir: PathBuf,
     child: Option<Child>,
     extra_args: Vec<String>,
+    /// A command that runs modeld (such as `ip netns exec NS`), if any.
+    prefix: Vec<String>,
 }
 
 impl Daemon {
@@ -53,10 +56,16 @@ impl Daemon {
 
     /// Like [`Daemon::start`], with extra `modeld` flags.
     pub fn start_with(data_dir: &Path, args: &[&str]) -> Self {
+        Self::start_in(&[], data_dir, args)
+    }
+
+    /// Like [`Daemon::start_with`], run under `prefix` (e.g. `ip netns exec NS`).
+    pub fn start_in(prefix: &[&str], data_dir: &Path, args: &[&str]) -> Self {
         let mut d = Self {
             data_dir: data_dir.to_owned(),
             child: None,
             extra_args: args.iter().map(|s| (*s).to_owned()).collect(),
+            prefix: prefix.iter().map(|s| (*s).to_owned()).collect(),
         };
         d.spawn();
         d
@@ -81,7 +90,15 @@ impl Daemon {
                 listen.extend([flag, value]);
             }
         }
-        let child = Command::new(bin("modeld"))
+        let mut command = match self.prefix.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(bin("modeld"));
+                c
+            }
+            None => Command::new(bin("modeld")),
+        };
+        let child = command
             .arg("--data-dir")
             .arg(&self.data_dir)
             .args(listen)

@@ -333,7 +333,14 @@ async fn providers_of(discovery: &Discovery, key: Hash) -> Vec<PeerAddr> {
 async fn feed_peers(discovery: Discovery, keys: Vec<Hash>, found: mpsc::Sender<PeerAddr>) {
     let mut sent: BTreeSet<SocketAddr> = BTreeSet::new();
     let mut next_lookup = Instant::now();
+    let mut next_resend = Instant::now() + Duration::from_secs(5);
     loop {
+        // Offer everyone again now and then: a peer dropped when its link was cut may be
+        // reachable again (the fetch ignores peers it already has).
+        if Instant::now() >= next_resend {
+            next_resend = Instant::now() + Duration::from_secs(5);
+            sent.clear();
+        }
         for p in discovery.peers().await {
             if let Some(addr) = p.data
                 && sent.insert(addr)

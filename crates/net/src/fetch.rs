@@ -95,7 +95,8 @@ pub type ProgressFn<'a> = dyn Fn(u64, u64, usize) + Send + Sync + 'a;
 
 /// Most peers one fetch connects to.
 pub const MAX_PEERS: usize = 32;
-/// With discovery running, how long a fetch waits for a peer that has what is missing.
+/// With discovery running, how long a fetch waits without progress (no peer, or none
+/// with what is missing) before it gives up: long enough for a cut link to come back.
 pub const DISCOVERY_PATIENCE: Duration = Duration::from_secs(60);
 
 /// Where a fetch finds peers and whom it tells about progress.
@@ -250,6 +251,7 @@ pub async fn fetch(
         }
     }
     let mut pending_connects = known.len();
+    let mut last_progress = Instant::now();
     let mut announced = vec![false; blobs.len()];
     let mut request_blob: BTreeMap<u64, usize> = BTreeMap::new();
     let mut conns: BTreeMap<PublicKey, PeerConn> = BTreeMap::new();
@@ -334,6 +336,11 @@ pub async fn fetch(
                     dropped.insert(peer, why.to_owned());
                     if let Some(c) = conns.remove(&peer) {
                         c.close(why);
+                        // An unresponsive peer may come back (a cut link): let discovery
+                        // offer it again. A banned one stays banned.
+                        if reason == DropReason::Unresponsive {
+                            known.remove(&c.addr());
+                        }
                     }
                 }
             }
@@ -346,7 +353,7 @@ pub async fn fetch(
         if cancel.load(Ordering::Relaxed) {
             break Err(FetchError::Cancelled);
         }
-        let patient = discovered.is_some() && started.elapsed() < DISCOVERY_PATIENCE;
+        let patient = discovered.is_some() && last_progress.elapsed() < DISCOVERY_PATIENCE;
         if pending_connects == 0 && conns.is_empty() && sched.inflight() == 0 && !patient {
             let why = report
                 .unreachable
@@ -431,9 +438,14 @@ pub async fn fetch(
                     Event::Connected(conn) => {
                         pending_connects -= 1;
                         let id = conn.id();
-                        if id == net.node_id() {
-                            conn.close("that is me");
+                        if id == net.node_id() || sched.is_banned(&id) || conns.contains_key(&id) {
+                            conn.close("not needed");
                             continue;
+                        }
+                        if dropped.remove(&id).is_some() {
+                            tracing::info!(peer = %id, "peer is back");
+                            sched.remove_peer(id, now);
+                            sched.readmit_peer(id, now);
                         }
                         tracing::debug!(peer = %id, addr = %conn.addr(), "connected to peer");
                         sched.add_peer(id, now);
@@ -483,6 +495,7 @@ pub async fn fetch(
                                     announced[b] = true;
                                     on_first_piece(blobs[b].hash);
                                 }
+                                last_progress = Instant::now();
                                 report.bytes_fetched += new;
                                 report.bytes_duplicate += duplicate;
                                 net.inner.counters.bytes_fetched.fetch_add(new, Ordering::Relaxed);

@@ -392,6 +392,18 @@ impl<P: Ord + Copy + Debug> Scheduler<P> {
         }
     }
 
+    /// A peer that was removed or dropped (not banned) is back: it starts afresh, and
+    /// has nothing until it says what it has.
+    pub fn readmit_peer(&mut self, peer: P, now: Duration) {
+        match self.peers.get(&peer) {
+            Some(p) if p.banned => return,
+            Some(p) if !p.gone => self.retire_peer(peer, false, now),
+            _ => {}
+        }
+        self.peers.remove(&peer);
+        self.add_peer(peer, now);
+    }
+
     /// The peer disconnected: its requests fail and its pieces count no more.
     pub fn remove_peer(&mut self, peer: P, now: Duration) {
         self.retire_peer(peer, false, now);
@@ -847,6 +859,28 @@ mod tests {
         // A late answer from the loser is ignored.
         s.on_complete(slow, T0);
         assert!(s.is_done());
+    }
+
+    #[test]
+    fn a_readmitted_peer_starts_afresh_and_a_banned_one_stays_out() {
+        let mut s = Scheduler::new(&[spec(4 * MIB)], SchedulerConfig::default());
+        s.add_peer(1, T0);
+        s.peer_has(1, 0, &ChunkRanges::all(), T0);
+        s.remove_peer(1, T0);
+        assert!(s.poll_action(T0).is_none());
+        s.readmit_peer(1, T0);
+        assert!(s.poll_action(T0).is_none(), "nothing known of it yet");
+        s.peer_has(1, 0, &ChunkRanges::all(), T0);
+        let (id, ..) = req(&s.poll_action(T0).unwrap());
+        s.on_failed(id, Failure::Corrupt, T0);
+        s.readmit_peer(1, T0);
+        s.peer_has(1, 0, &ChunkRanges::all(), T0);
+        while let Some(a) = s.poll_action(T0) {
+            assert!(
+                !matches!(a, Action::Request { .. }),
+                "banned peer asked: {a:?}"
+            );
+        }
     }
 
     #[test]

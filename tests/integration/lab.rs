@@ -1,0 +1,384 @@
+//! Multi-host tests in the network-namespace lab (`modeld_tests::lab`): hosts with
+//! their own addresses on a private bridge, every link shaped, nobody given a peer
+//! address. They skip loudly where the lab cannot run (not root), and fail under CI.
+
+use std::{
+    io::{BufRead, BufReader},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use modeld_tests::{
+    bin,
+    lab::{Lab, lab_or_skip},
+    random_file, reference_b3sum, wait_for,
+};
+
+const RATE_MBIT: u32 = 200;
+
+/// A lab with a seed (host 0) holding `files` published as `org/model`.
+struct Swarm {
+    lab: Lab,
+    key: PathBuf,
+    model: PathBuf,
+    id: String,
+    total: u64,
+}
+
+fn swarm(hosts: usize, files: &[(&str, u64)], mdns: bool) -> Option<Swarm> {
+    let mut lab = lab_or_skip(hosts, RATE_MBIT)?;
+    let no_mdns = ["--mdns", "false"];
+    lab.start(0, if mdns { &[] } else { &no_mdns });
+    let boot = lab.daemon(0).bootstrap_addr();
+    for i in 1..hosts {
+        if mdns {
+            lab.start(i, &[]);
+        } else {
+            lab.start(i, &["--mdns", "false", "--bootstrap", &boot]);
+        }
+    }
+    let key = lab.dir().join("publisher.key");
+    let public = lab
+        .daemon(0)
+        .ctl_ok(&["key", "generate", key.to_str().unwrap()]);
+    for i in 0..hosts {
+        lab.daemon(i)
+            .ctl_ok(&["trust", "add", public.trim(), "--scope", "org/"]);
+    }
+    let model = lab.dir().join("model");
+    for (i, (name, size)) in files.iter().enumerate() {
+        random_file(&model.join(name), *size, 1000 + i as u64);
+    }
+    let id = lab.daemon(0).ctl_ok(&[
+        "publish",
+        model.to_str().unwrap(),
+        "--name",
+        "org/model",
+        "--version",
+        "1",
+        "--key",
+        key.to_str().unwrap(),
+    ]);
+    // Wait until every host has found the others (mDNS) or the seed (bootstrap).
+    let want = if mdns { hosts - 1 } else { 1 };
+    for i in 0..hosts {
+        wait_for(
+            Duration::from_secs(60),
+            &format!("host {i} to find its peers"),
+            || {
+                let peers = lab.daemon(i).ctl_json(&["peers"]);
+                let with_data = peers
+                    .as_array()?
+                    .iter()
+                    .filter(|p| p["data"].is_string())
+                    .count();
+                (with_data >= want).then_some(())
+            },
+        );
+    }
+    Some(Swarm {
+        lab,
+        key,
+        model,
+        id: id.trim().to_owned(),
+        total: files.iter().map(|(_, s)| s).sum(),
+    })
+}
+
+/// About 1 GiB in several files.
+const GIB_MODEL: &[(&str, u64)] = &[
+    ("model-00001-of-00004.safetensors", 300 << 20),
+    ("model-00002-of-00004.safetensors", 300 << 20),
+    ("model-00003-of-00004.safetensors", 300 << 20),
+    ("model-00004-of-00004.safetensors", 124 << 20),
+    ("config.json", 2000),
+];
+
+fn start_fetch(data: &Path, what: &str, out: Option<&Path>) -> Child {
+    let mut c = Command::new(bin("modelctl"));
+    c.arg("--data-dir")
+        .arg(data)
+        .args(["--json", "fetch", what]);
+    if let Some(out) = out {
+        c.arg("--out").arg(out);
+    }
+    c.stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Runs `modelctl fetch org/model` on `hosts` at the same moment; returns for each host
+/// the seconds it took and its JSON summary.
+fn burst(sw: &Swarm, hosts: &[usize]) -> Vec<(usize, f64, serde_json::Value)> {
+    let started = Instant::now();
+    let children: Vec<(usize, Child)> = hosts
+        .iter()
+        .map(|&i| (i, start_fetch(&sw.lab.hosts[i].data, "org/model", None)))
+        .collect();
+    let waiters: Vec<_> = children
+        .into_iter()
+        .map(|(i, child)| {
+            std::thread::spawn(move || {
+                let out = child.wait_with_output().unwrap();
+                let secs = started.elapsed().as_secs_f64();
+                assert!(
+                    out.status.success(),
+                    "host {i} failed: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                (i, secs, serde_json::from_slice(&out.stdout).unwrap())
+            })
+        })
+        .collect();
+    waiters.into_iter().map(|w| w.join().unwrap()).collect()
+}
+
+fn report(name: &str, sw: &Swarm, results: &[(usize, f64, serde_json::Value)]) {
+    let f_bits = sw.total as f64 * 8.0;
+    let bound = f_bits / (f64::from(RATE_MBIT) * 1e6);
+    let last = results.iter().map(|r| r.1).fold(0.0, f64::max);
+    let seed_up = sw.lab.daemon(0).counter("bytes_served") as f64;
+    let mut times: Vec<f64> = results.iter().map(|r| r.1).collect();
+    times.sort_by(f64::total_cmp);
+    eprintln!(
+        "\n=== {name}: {} hosts, {:.0} MiB, links {RATE_MBIT} Mbit/s each way\n\
+         finish times (s): {times:.1?}\n\
+         last host done in {last:.1} s; bound F/U = {bound:.1} s; ratio {:.2}\n\
+         seed uploaded {:.0} MiB = {:.2} F\n",
+        results.len(),
+        sw.total as f64 / f64::from(1 << 20),
+        last / bound,
+        seed_up / f64::from(1 << 20),
+        seed_up / sw.total as f64
+    );
+}
+
+fn check_all_have_it(sw: &Swarm, results: &[(usize, f64, serde_json::Value)]) {
+    for (i, _, summary) in results {
+        assert_eq!(summary["manifest"]["id"], sw.id.as_str(), "host {i}");
+        assert_eq!(
+            summary["bytes_present"].as_u64().unwrap() + summary["bytes_fetched"].as_u64().unwrap(),
+            sw.total
+        );
+    }
+    // One host's copy, exported and checked against the original with b3sum.
+    let (i, _, _) = &results[0];
+    let out = sw.lab.dir().join(format!("export{i}"));
+    sw.lab
+        .daemon(*i)
+        .ctl_ok(&["export", &sw.id, out.to_str().unwrap()]);
+    for (name, _) in GIB_MODEL.iter().filter(|(n, _)| sw.model.join(n).exists()) {
+        assert_eq!(
+            reference_b3sum(&out.join(name)),
+            reference_b3sum(&sw.model.join(name)),
+            "{name}"
+        );
+    }
+}
+
+#[test]
+fn lab_autoscaling_burst_over_mdns() {
+    let Some(sw) = swarm(8, GIB_MODEL, true) else {
+        return;
+    };
+    let results = burst(&sw, &(1..8).collect::<Vec<_>>());
+    report("burst, mDNS only", &sw, &results);
+    check_all_have_it(&sw, &results);
+    // The fresh hosts served each other: the seed did not send everything.
+    let served_by_others: u64 = (1..8)
+        .map(|i| sw.lab.daemon(i).counter("bytes_served"))
+        .sum();
+    assert!(
+        served_by_others > sw.total,
+        "fresh hosts barely shared: {served_by_others} bytes"
+    );
+}
+
+#[test]
+fn lab_burst_through_the_dht_only() {
+    let Some(sw) = swarm(8, GIB_MODEL, false) else {
+        return;
+    };
+    let results = burst(&sw, &(1..8).collect::<Vec<_>>());
+    report("burst, DHT only (one bootstrap address)", &sw, &results);
+    check_all_have_it(&sw, &results);
+    for i in 1..8 {
+        let peers = sw.lab.daemon(i).ctl_json(&["peers"]);
+        assert!(
+            peers
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|p| !p["sources"].as_array().unwrap().contains(&"mdns".into())),
+            "mDNS was off, yet host {i} learned a peer from it: {peers}"
+        );
+    }
+}
+
+#[test]
+fn lab_faults_killed_and_cut_off_hosts() {
+    let files = [("weights.bin", 200u64 << 20), ("more.bin", 56 << 20)];
+    let Some(mut sw) = swarm(6, &files, true) else {
+        return;
+    };
+    let mut children: Vec<(usize, Child)> = (1..6)
+        .map(|i| (i, start_fetch(&sw.lab.hosts[i].data, "org/model", None)))
+        .collect();
+    // Host 1 is killed and host 2 cut off, each once it is about half way.
+    let half = sw.total / 2;
+    let progress = |c: &mut Child| {
+        let stderr = c.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::sync_channel::<u64>(1024);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
+                    && let Some(done) = v["event"]["progress"]["done"].as_u64()
+                {
+                    let _ = tx.try_send(done);
+                }
+            }
+        });
+        rx
+    };
+    let p1 = progress(&mut children[0].1);
+    let p2 = progress(&mut children[1].1);
+    let (mut killed, mut cut) = (false, false);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !(killed && cut) {
+        assert!(Instant::now() < deadline, "hosts never got half way");
+        if !killed && p1.try_iter().any(|d| d >= half) {
+            sw.lab.daemon_mut(1).kill9();
+            killed = true;
+        }
+        if !cut && p2.try_iter().any(|d| d >= half) {
+            sw.lab.cut(2);
+            cut = true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The others finish regardless.
+    let mut rest = children.split_off(2);
+    for (i, c) in &mut rest {
+        let status = c.wait().unwrap();
+        assert!(status.success(), "host {i} failed");
+    }
+    // The cut-off host resumes when its link returns, within the same fetch.
+    std::thread::sleep(Duration::from_secs(5));
+    sw.lab.restore(2);
+    let (_, mut c2) = children.pop().unwrap();
+    assert!(c2.wait().unwrap().success(), "cut-off host did not resume");
+    // The killed host restarts and resumes.
+    let (_, mut c1) = children.pop().unwrap();
+    assert!(!c1.wait().unwrap().success());
+    sw.lab.daemon_mut(1).start_again();
+    wait_for(
+        Duration::from_secs(30),
+        "host 1 to find peers again",
+        || {
+            let peers = sw.lab.daemon(1).ctl_json(&["peers"]);
+            (peers
+                .as_array()?
+                .iter()
+                .filter(|p| p["data"].is_string())
+                .count()
+                >= 2)
+                .then_some(())
+        },
+    );
+    let summary = sw.lab.daemon(1).ctl_json(&["fetch", "org/model"]);
+    assert!(
+        summary["bytes_present"].as_u64().unwrap() >= half / 2,
+        "{summary}"
+    );
+    for i in 1..6 {
+        assert_eq!(
+            sw.lab.daemon(i).ctl_json(&["verify"])["corrupt"]
+                .as_array()
+                .unwrap()
+                .len(),
+            0
+        );
+    }
+}
+
+#[test]
+fn lab_hostile_name_records_are_ignored() {
+    let files = [("weights.bin", 8u64 << 20)];
+    let Some(sw) = swarm(4, &files, true) else {
+        return;
+    };
+    let (seed, honest, replayer, forger) = (0, 1, 2, 3);
+    let k = sw.key.to_str().unwrap();
+    let m = sw.model.to_str().unwrap();
+    let v1_file = sw.lab.dir().join("v1.json");
+    std::fs::write(
+        &v1_file,
+        sw.lab
+            .daemon(seed)
+            .ctl_ok(&["manifest", "show", &sw.id, "--raw"]),
+    )
+    .unwrap();
+
+    // Release 2 replaces release 1.
+    random_file(&sw.model.join("weights.bin"), 8 << 20, 77);
+    let v2 = sw.lab.daemon(seed).ctl_ok(&[
+        "publish",
+        m,
+        "--name",
+        "org/model",
+        "--version",
+        "2",
+        "--key",
+        k,
+    ]);
+    let v2 = v2.trim();
+    // The replayer never saw release 2: it pins release 1 and announces it again.
+    sw.lab
+        .daemon(replayer)
+        .ctl_ok(&["manifest", "add", v1_file.to_str().unwrap(), "--pin"]);
+    // The forger trusts a key of its own and publishes sequence 99 with it.
+    let forged_key = sw.lab.dir().join("forged.key");
+    let forged_public =
+        sw.lab
+            .daemon(forger)
+            .ctl_ok(&["key", "generate", forged_key.to_str().unwrap()]);
+    sw.lab
+        .daemon(forger)
+        .ctl_ok(&["trust", "add", forged_public.trim(), "--scope", "org/"]);
+    let evil = sw.lab.dir().join("evil");
+    random_file(&evil.join("weights.bin"), 1 << 20, 666);
+    let forged = sw.lab.daemon(forger).ctl_ok(&[
+        "publish",
+        evil.to_str().unwrap(),
+        "--name",
+        "org/model",
+        "--version",
+        "99",
+        "--sequence",
+        "99",
+        "--key",
+        forged_key.to_str().unwrap(),
+    ]);
+    std::thread::sleep(Duration::from_secs(2));
+
+    // The honest host asks for the latest release by name: it gets release 2.
+    let got = sw.lab.daemon(honest).ctl_json(&["fetch", "org/model"]);
+    assert_eq!(got["manifest"]["id"], v2);
+    let ls = sw.lab.daemon(honest).ctl_json(&["ls"]);
+    let ids: Vec<&str> = ls
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, [v2], "the honest host holds something else too");
+    assert!(!ids.contains(&forged.trim()));
+    assert!(!ids.contains(&sw.id.as_str()));
+    // And the seed, asked the same, keeps release 2 too.
+    assert_eq!(
+        sw.lab.daemon(seed).ctl_json(&["fetch", "org/model"])["manifest"]["id"],
+        v2
+    );
+}
