@@ -382,3 +382,46 @@ fn lab_hostile_name_records_are_ignored() {
         v2
     );
 }
+
+#[test]
+#[ignore = "a measurement, run by hand"]
+fn lab_pair_cpu_cost() {
+    let files = [("weights.bin", 512u64 << 20)];
+    let Some(sw) = swarm(2, &files, true) else {
+        return;
+    };
+    let cpu = |pid: u32| -> f64 {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        let f: Vec<&str> = stat
+            .rsplit(')')
+            .next()
+            .unwrap()
+            .split_whitespace()
+            .collect();
+        (f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap()) / 100.0
+    };
+    let (p0, p1) = (sw.lab.daemon(0).pid(), sw.lab.daemon(1).pid());
+    let (a0, a1) = (cpu(p0), cpu(p1));
+    let t = Instant::now();
+    sw.lab.daemon(1).ctl_ok(&["fetch", "org/model"]);
+    let secs = t.elapsed().as_secs_f64();
+    let (b0, b1) = (cpu(p0), cpu(p1));
+    eprintln!(
+        "pair: {secs:.1} s for {} MiB; seed {:.1} CPU-s, fetcher {:.1} CPU-s: {:.1} ns/byte",
+        sw.total >> 20,
+        b0 - a0,
+        b1 - a1,
+        (b0 - a0 + b1 - a1) * 1e9 / sw.total as f64
+    );
+    for i in 0..2 {
+        for line in sw
+            .lab
+            .daemon(i)
+            .log()
+            .lines()
+            .filter(|l| l.contains("mtu="))
+        {
+            eprintln!("host {i}: {line}");
+        }
+    }
+}

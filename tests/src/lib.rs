@@ -103,7 +103,10 @@ impl Daemon {
             .arg(&self.data_dir)
             .args(listen)
             .args(&self.extra_args)
-            .env("RUST_LOG", "info")
+            .env(
+                "RUST_LOG",
+                std::env::var("MODELD_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)

@@ -191,7 +191,8 @@ impl PeerConn {
     }
 
     /// The bao encoding of `ranges` of blob `hash`, which is `size` bytes long. The read
-    /// is bounded by the exact encoded length, and timed by `timeout`.
+    /// is bounded by the exact encoded length, and timed by `timeout`. The answer is kept
+    /// as the chunks QUIC delivered, never concatenated.
     pub async fn blob(
         &self,
         hash: Hash,
@@ -205,41 +206,152 @@ impl PeerConn {
             hash,
             ranges: ranges.clone(),
         };
-        let answer = self
-            .ask(&request, BlobAnswer::HEADER + expected, timeout)
-            .await?;
-        if answer.len() < BlobAnswer::HEADER {
+        let limit = BlobAnswer::HEADER + expected;
+        let exchange = async {
+            let (mut send, mut recv) = self
+                .conn
+                .open_bi()
+                .await
+                .map_err(|e| PeerError::Connection(e.to_string()))?;
+            send.write_all(&request.encode())
+                .await
+                .map_err(|e| PeerError::Connection(e.to_string()))?;
+            send.finish()
+                .map_err(|e| PeerError::Connection(e.to_string()))?;
+            let mut chunks: Vec<bytes::Bytes> = Vec::new();
+            let mut len = 0usize;
+            while let Some(chunk) = recv
+                .read_chunk(usize::MAX, true)
+                .await
+                .map_err(|e| PeerError::Connection(e.to_string()))?
+            {
+                len += chunk.bytes.len();
+                if len > limit.max(3 + MAX_ERROR_BYTES) {
+                    return Err(PeerError::Malformed("answer longer than it can be".into()));
+                }
+                chunks.push(chunk.bytes);
+            }
+            Ok(BlobAnswer { chunks, len })
+        };
+        let answer = tokio::time::timeout(timeout, exchange)
+            .await
+            .map_err(|_| PeerError::Timeout(timeout))??;
+        let mut head = [0u8; BlobAnswer::HEADER];
+        let got = answer.copy_prefix(&mut head);
+        if got == 0 {
+            return Err(PeerError::Malformed("empty answer".into()));
+        }
+        let status = Status::from_byte(head[0])?;
+        if status != Status::Ok {
+            let mut body = vec![0u8; answer.len - 1];
+            answer.copy_range(1, &mut body);
+            let message = wire::decode_error(&body).unwrap_or_default();
+            return Err(PeerError::Status { status, message });
+        }
+        if got < BlobAnswer::HEADER {
             return Err(PeerError::Malformed("blob answer without a size".into()));
         }
         let mut claimed = [0u8; 8];
-        claimed.copy_from_slice(&answer[1..BlobAnswer::HEADER]);
+        claimed.copy_from_slice(&head[1..]);
         let claimed = wire::decode_blob_size(&claimed)?;
         if claimed != size {
             return Err(PeerError::Malformed(format!(
                 "peer says the blob is {claimed} bytes, the manifest says {size}"
             )));
         }
-        if answer.len() - BlobAnswer::HEADER != expected {
+        if answer.len - BlobAnswer::HEADER != expected {
             return Err(PeerError::Malformed(format!(
                 "answer has {} bytes of encoding, expected {expected}",
-                answer.len() - BlobAnswer::HEADER
+                answer.len - BlobAnswer::HEADER
             )));
         }
-        Ok(BlobAnswer(answer))
+        Ok(answer)
     }
 }
 
-/// A blob answer as received: status, size, then the bao encoding (kept in one buffer,
-/// never copied).
+/// A blob answer as received: status, size, then the bao encoding, in the chunks QUIC
+/// delivered (no copy to make it contiguous).
 #[derive(Debug)]
-pub struct BlobAnswer(Vec<u8>);
+pub struct BlobAnswer {
+    chunks: Vec<bytes::Bytes>,
+    len: usize,
+}
 
 impl BlobAnswer {
     /// Status byte and size.
     const HEADER: usize = 9;
 
-    /// The bao encoding of the requested ranges (not yet verified).
-    pub fn encoding(&self) -> &[u8] {
-        &self.0[Self::HEADER..]
+    fn copy_range(&self, mut skip: usize, out: &mut [u8]) -> usize {
+        let mut filled = 0;
+        for c in &self.chunks {
+            if filled == out.len() {
+                break;
+            }
+            if skip >= c.len() {
+                skip -= c.len();
+                continue;
+            }
+            let take = (c.len() - skip).min(out.len() - filled);
+            out[filled..filled + take].copy_from_slice(&c[skip..skip + take]);
+            filled += take;
+            skip = 0;
+        }
+        filled
+    }
+
+    fn copy_prefix(&self, out: &mut [u8]) -> usize {
+        self.copy_range(0, out)
+    }
+
+    /// The bao encoding of the requested ranges (not yet verified), as a reader.
+    pub fn encoding(&self) -> impl std::io::Read + '_ {
+        ChunkReader {
+            chunks: &self.chunks,
+            index: 0,
+            offset: 0,
+        }
+        .skipping(Self::HEADER)
+    }
+}
+
+/// Reads a list of chunks as one stream.
+struct ChunkReader<'a> {
+    chunks: &'a [bytes::Bytes],
+    index: usize,
+    offset: usize,
+}
+
+impl ChunkReader<'_> {
+    fn skipping(mut self, mut n: usize) -> Self {
+        while n > 0 && self.index < self.chunks.len() {
+            let left = self.chunks[self.index].len() - self.offset;
+            if n < left {
+                self.offset += n;
+                n = 0;
+            } else {
+                n -= left;
+                self.index += 1;
+                self.offset = 0;
+            }
+        }
+        self
+    }
+}
+
+impl std::io::Read for ChunkReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let mut filled = 0;
+        while filled < buf.len() && self.index < self.chunks.len() {
+            let c = &self.chunks[self.index];
+            let take = (c.len() - self.offset).min(buf.len() - filled);
+            buf[filled..filled + take].copy_from_slice(&c[self.offset..self.offset + take]);
+            filled += take;
+            self.offset += take;
+            if self.offset == c.len() {
+                self.index += 1;
+                self.offset = 0;
+            }
+        }
+        Ok(filled)
     }
 }

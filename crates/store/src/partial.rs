@@ -180,6 +180,9 @@ impl Store {
                     .map_err(|e| io("sizing outboard", e))?;
             }
             if existing.is_none() {
+                // Reserve the space now: a full disk fails here rather than half way, and
+                // pieces land in allocated extents instead of holes.
+                layout::allocate(&data, size).map_err(|e| io("reserving space", e))?;
                 data.sync_all().map_err(|e| io("flushing data", e))?;
                 obao.sync_all().map_err(|e| io("flushing outboard", e))?;
                 layout::sync_dir(&layout.blob_dir(hash))
@@ -413,6 +416,7 @@ impl PartialBlob {
                 break;
             }
         }
+
         // Whatever verified before a failure is kept.
         self.add_pending(fresh, written.new)?;
         result.map(|()| written)
