@@ -107,7 +107,16 @@ fn print_summary(s: &FetchSummary) {
         }
     );
     let total: u64 = s.peers.iter().map(|p| p.bytes).sum::<u64>().max(1);
-    for p in &s.peers {
+    let idle = s
+        .peers
+        .iter()
+        .filter(|p| p.bytes == 0 && p.dropped.is_none())
+        .count();
+    for p in s
+        .peers
+        .iter()
+        .filter(|p| p.bytes > 0 || p.dropped.is_some())
+    {
         let share = p.bytes as f64 * 100.0 / total as f64;
         let note = p
             .dropped
@@ -120,6 +129,9 @@ fn print_summary(s: &FetchSummary) {
             p.addr,
             output::bytes(p.bytes)
         );
+    }
+    if idle > 0 {
+        eprintln!("  and {idle} more peers, which had nothing this node needed");
     }
     for (peer, why) in &s.unreachable {
         eprintln!("  unreachable {peer}: {why}");
