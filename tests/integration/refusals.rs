@@ -39,6 +39,7 @@ fn manifest_text(key: &SecretKey, sequence: u64, paths: &[&str], expires: Option
             created: 1_000,
             expires,
             publisher: key.public(),
+            allow_pickle: false,
         },
         paths
             .iter()

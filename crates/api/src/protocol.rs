@@ -62,6 +62,9 @@ pub enum Request {
     Import {
         /// The files.
         paths: Vec<PathBuf>,
+        /// Accept pickle-based files whose globals are all allow-listed.
+        #[serde(default)]
+        allow_pickle: bool,
     },
     /// What a publisher needs before signing: the next sequence and whether the key is trusted.
     PreparePublish {

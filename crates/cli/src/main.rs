@@ -18,7 +18,7 @@ use clap::{Parser, Subcommand};
     name = "modelctl",
     version,
     about = "Publish, fetch, export and verify models through modeld.",
-    after_help = "Commands other than `key` and `manifest show FILE` talk to the modeld of the data dir.\n\
+    after_help = "Commands other than `key`, `inspect` and `manifest show FILE` talk to the modeld of the data dir.\n\
 Exit status: 0 on success, 1 on any failure (including corruption found by verify), 2 on bad usage."
 )]
 pub(crate) struct Cli {
@@ -46,6 +46,8 @@ enum Command {
     Publish(cmd::publish::PublishArgs),
     /// Fetch a model from peers (every piece verified), pin it, optionally export it.
     Fetch(cmd::fetch::FetchArgs),
+    /// What model files are (by content), and whether modeld would publish them.
+    Inspect(cmd::inspect::InspectArgs),
     /// Inspect manifests.
     #[command(subcommand)]
     Manifest(cmd::manifest::ManifestCommand),
@@ -117,6 +119,7 @@ fn run(ctx: &Context, command: Command) -> anyhow::Result<()> {
         Command::Trust(c) => cmd::trust::run(ctx, c),
         Command::Publish(a) => cmd::publish::run(ctx, &a),
         Command::Fetch(a) => cmd::fetch::run(ctx, &a),
+        Command::Inspect(a) => cmd::inspect::run(ctx, &a),
         Command::Manifest(c) => cmd::manifest::run(ctx, c),
         Command::Ls => cmd::store::ls(ctx),
         Command::Export(a) => cmd::store::export(ctx, &a),

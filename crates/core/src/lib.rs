@@ -24,6 +24,7 @@
 //!         created: 1_700_000_000,
 //!         expires: None,
 //!         publisher: key.public(),
+//!         allow_pickle: false,
 //!     },
 //!     vec![ManifestFile {
 //!         path: "model.safetensors".parse()?,

@@ -50,6 +50,7 @@ pub struct Manifest {
     created: u64,
     expires: Option<u64>,
     publisher: PublicKey,
+    allow_pickle: bool,
     files: Vec<ManifestFile>,
 }
 
@@ -65,6 +66,9 @@ struct Wire {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     expires: Option<u64>,
     publisher: PublicKey,
+    /// `true` only, and present only when the publisher allowed pickle-based files.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    allow_pickle: Option<bool>,
     files: Vec<ManifestFile>,
 }
 
@@ -83,6 +87,9 @@ pub struct ManifestHeader {
     pub expires: Option<u64>,
     /// The key that signs it.
     pub publisher: PublicKey,
+    /// The publisher knowingly includes pickle-based files (`publish --allow-pickle`);
+    /// required when any file's format is pickle-based.
+    pub allow_pickle: bool,
 }
 
 /// Why bytes are not a valid manifest.
@@ -123,6 +130,17 @@ pub enum ManifestError {
     /// The sizes add up past `u64::MAX`.
     #[error("total size of the files overflows")]
     SizeOverflow,
+    /// A pickle-based file without the manifest declaring `allow_pickle`.
+    #[error("{path} is {format}, but the manifest does not declare allow_pickle")]
+    UndeclaredPickle {
+        /// The file.
+        path: String,
+        /// Its format.
+        format: FileFormat,
+    },
+    /// `"allow_pickle":false` (absence is the only way to say false).
+    #[error("allow_pickle may only be true (omit it otherwise)")]
+    FalsePickleFlag,
     /// Expires before it was created.
     #[error("manifest expires ({expires}) before it was created ({created})")]
     ExpiresBeforeCreated {
@@ -147,6 +165,7 @@ impl Manifest {
             created: header.created,
             expires: header.expires,
             publisher: header.publisher,
+            allow_pickle: header.allow_pickle,
             files,
         };
         manifest.check()?;
@@ -176,8 +195,12 @@ impl Manifest {
             created: wire.created,
             expires: wire.expires,
             publisher: wire.publisher,
+            allow_pickle: wire.allow_pickle == Some(true),
             files: wire.files,
         };
+        if wire.allow_pickle == Some(false) {
+            return Err(ManifestError::FalsePickleFlag);
+        }
         if manifest.files.len() > MAX_FILES {
             return Err(ManifestError::TooManyFiles(manifest.files.len()));
         }
@@ -205,6 +228,7 @@ impl Manifest {
             created: self.created,
             expires: self.expires,
             publisher: self.publisher,
+            allow_pickle: self.allow_pickle.then_some(true),
             files: self.files.clone(),
         };
         // Serializing plain structs of strings and integers into a Vec cannot fail.
@@ -235,6 +259,12 @@ impl Manifest {
             total = total
                 .checked_add(f.size)
                 .ok_or(ManifestError::SizeOverflow)?;
+            if f.format.is_pickle() && !self.allow_pickle {
+                return Err(ManifestError::UndeclaredPickle {
+                    path: f.path.to_string(),
+                    format: f.format,
+                });
+            }
         }
         for f in &self.files {
             if let Some(dir) = f.path.ancestors().find(|a| paths.contains(a)) {
@@ -271,6 +301,14 @@ impl Manifest {
     pub fn publisher(&self) -> &PublicKey {
         &self.publisher
     }
+    /// The publisher allowed pickle-based files in this release.
+    pub fn allow_pickle(&self) -> bool {
+        self.allow_pickle
+    }
+    /// The files whose format is pickle-based.
+    pub fn pickle_files(&self) -> impl Iterator<Item = &ManifestFile> {
+        self.files.iter().filter(|f| f.format.is_pickle())
+    }
     /// The files, sorted by path.
     pub fn files(&self) -> &[ManifestFile] {
         &self.files
@@ -304,7 +342,35 @@ pub(crate) mod tests {
             created: 1_700_000_000,
             expires: None,
             publisher: SecretKey::from_seed([1; 32]).public(),
+            allow_pickle: false,
         }
+    }
+
+    #[test]
+    fn pickle_files_need_the_declaration() {
+        let mut f = file("model.bin", b"x");
+        f.format = FileFormat::Pickle;
+        assert!(matches!(
+            Manifest::new(header(1), vec![f.clone()]),
+            Err(ManifestError::UndeclaredPickle { .. })
+        ));
+        let mut h = header(1);
+        h.allow_pickle = true;
+        let m = Manifest::new(h, vec![f]).unwrap();
+        let bytes = m.to_bytes();
+        let text = String::from_utf8(bytes.clone()).unwrap();
+        assert!(text.contains(",\"allow_pickle\":true,\"files\":"), "{text}");
+        assert_eq!(Manifest::from_bytes(&bytes).unwrap(), m);
+        let undeclared = text.replace(",\"allow_pickle\":true", "");
+        assert!(matches!(
+            Manifest::from_bytes(undeclared.as_bytes()),
+            Err(ManifestError::UndeclaredPickle { .. })
+        ));
+        let falsy = text.replace("\"allow_pickle\":true", "\"allow_pickle\":false");
+        assert_eq!(
+            Manifest::from_bytes(falsy.as_bytes()),
+            Err(ManifestError::FalsePickleFlag)
+        );
     }
 
     #[test]

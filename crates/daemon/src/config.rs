@@ -82,6 +82,12 @@ pub(crate) struct Args {
     #[arg(long = "bootstrap", value_name = "ADDR")]
     pub(crate) bootstrap: Vec<String>,
 
+    /// Accept pickle-based model files (PyTorch `.bin`/`.pt`, pickles, object arrays) for
+    /// fetch and export, provided every global they import is a tensor-rebuilding
+    /// callable: true or false. [config: safety.allow_pickle, default false]
+    #[arg(long, value_name = "BOOL")]
+    pub(crate) allow_pickle: Option<bool>,
+
     /// Print the effective configuration as TOML and exit.
     #[arg(long)]
     pub(crate) print_config: bool,
@@ -99,6 +105,14 @@ pub(crate) struct FileConfig {
     store: StoreSection,
     #[serde(default)]
     net: NetSection,
+    #[serde(default)]
+    safety: SafetySection,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SafetySection {
+    allow_pickle: Option<bool>,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -157,6 +171,8 @@ pub(crate) struct Config {
     pub(crate) log_format: LogFormat,
     pub(crate) hash_threads: usize,
     pub(crate) net: NetSettings,
+    /// Pickle-based files may be fetched and exported (allow-listed globals only).
+    pub(crate) allow_pickle: bool,
 }
 
 /// The effective data-plane settings.
@@ -202,6 +218,10 @@ impl Config {
         if hash_threads == 0 {
             bail!("store.hash_threads must be at least 1");
         }
+        let allow_pickle = args
+            .allow_pickle
+            .or(file.safety.allow_pickle)
+            .unwrap_or(false);
         let n = file.net;
         let net_listen = args
             .listen
@@ -287,6 +307,7 @@ impl Config {
             },
             hash_threads,
             data_dir,
+            allow_pickle,
         })
     }
 
@@ -330,6 +351,9 @@ impl Config {
                 p2p_listen: Some(self.net.p2p_listen.to_string()),
                 mdns: Some(self.net.mdns),
                 bootstrap: Some(self.net.bootstrap.clone()),
+            },
+            safety: SafetySection {
+                allow_pickle: Some(self.allow_pickle),
             },
         };
         format!(

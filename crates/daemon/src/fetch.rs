@@ -183,6 +183,12 @@ fn obtain_manifest(
         let id = modeld_core::Envelope::from_bytes(envelope)
             .map_err(|e| ApiError::new(ErrorKind::Invalid, format!("refusing the manifest: {e}")))?
             .manifest_id();
+        // The pickle policy is checked before the manifest is stored; signature and
+        // trust are checked by `add_manifest` (a manifest that fails to parse here
+        // gets its precise error there).
+        if let Ok(signed) = SignedManifest::open(envelope) {
+            pickle_policy(node, &signed.manifest)?;
+        }
         let tag = node.store.protect(id);
         node.store
             .add_manifest(envelope, unix_now(), false)
@@ -219,6 +225,7 @@ fn obtain_manifest(
                 node.store.recheck(&stored, unix_now()).map_err(|e| {
                     ApiError::new(ErrorKind::Refused, format!("refusing the manifest: {e}"))
                 })?;
+                pickle_policy(node, &stored.signed.manifest)?;
                 return Ok((stored, tag));
             }
             // A full id the store does not have: ask the given peers, then whoever
@@ -248,6 +255,28 @@ fn obtain_manifest(
         }
         Err(e) => Err(ApiError::new(ErrorKind::Invalid, e.to_string())),
     }
+}
+
+/// Refuses a manifest with pickle-based files unless this node allows pickle, before
+/// any of its data moves. (The content is inspected again on export.)
+fn pickle_policy(node: &Node, m: &modeld_core::Manifest) -> Result<(), ApiError> {
+    let pickles: Vec<String> = m
+        .pickle_files()
+        .map(|f| format!("{} ({})", f.path, f.format))
+        .collect();
+    if pickles.is_empty() || node.config.allow_pickle {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        ErrorKind::Refused,
+        format!(
+            "refusing {}:{}: it contains pickle-based files, which can run code when loaded: {}; \
+this node does not allow pickle (set safety.allow_pickle = true in modeld's config, or start it with --allow-pickle true)",
+            m.name(),
+            m.version(),
+            pickles.join(", ")
+        ),
+    ))
 }
 
 /// The highest-sequence signed manifest for `name_ref` that the DHT holds and this node

@@ -10,7 +10,10 @@ use modeld_api::protocol::{
     ApiError, CorruptBlob, ErrorKind, ExportSummary, GcSummary, ImportedFile, ManifestDetail,
     ManifestSummary, PeerSummary, PublishPlan, Reply, Request, Status, TrustedKey, VerifySummary,
 };
-use modeld_core::{Hash, TrustScope};
+use modeld_core::{
+    Hash, TrustScope,
+    format::{self, FileSource, Inspection, SafetyError},
+};
 use modeld_store::{
     AddManifestError, ExportError, ExportOptions, ImportError, ResolveError, StoreError,
     StoredManifest, TempTag, unix_now,
@@ -35,7 +38,10 @@ pub(crate) fn handle(
 ) -> Result<Reply, ApiError> {
     match request {
         Request::Status => status(node),
-        Request::Import { paths } => import(node, &paths, session, progress, cancel),
+        Request::Import {
+            paths,
+            allow_pickle,
+        } => import(node, &paths, allow_pickle, session, progress, cancel),
         Request::PreparePublish { name, publisher } => {
             let next_sequence = node
                 .store
@@ -317,9 +323,17 @@ fn status(node: &Node) -> Result<Reply, ApiError> {
     }))
 }
 
+/// Inspects a local file by content.
+fn inspect_file(p: &Path) -> Result<Inspection, String> {
+    let file = std::fs::File::open(p).map_err(|e| format!("cannot read: {e}"))?;
+    let src = FileSource::new(&file).map_err(|e| format!("cannot read: {e}"))?;
+    format::inspect(&src).map_err(|e| e.to_string())
+}
+
 fn import(
     node: &Node,
     paths: &[std::path::PathBuf],
+    allow_pickle: bool,
     session: &mut SessionState,
     progress: &Progress,
     cancel: &AtomicBool,
@@ -341,9 +355,44 @@ fn import(
             })?
             .len();
     }
+    // Every file is inspected before any is stored, so a refusal leaves the store as
+    // it was.
+    progress.start("inspecting", total);
+    let mut formats = Vec::with_capacity(paths.len());
+    let mut refusals = Vec::new();
+    for p in paths {
+        progress.item(p.display().to_string());
+        match inspect_file(p) {
+            Ok(i) => {
+                if let Err(e) = i.check(allow_pickle) {
+                    let hint = match e {
+                        SafetyError::PickleNotAllowed { .. } => {
+                            " (convert it to safetensors, or pass --allow-pickle to publish it and record that in the manifest)"
+                        }
+                        _ => "",
+                    };
+                    refusals.push(format!("{}: {e}{hint}", p.display()));
+                }
+                formats.push(i.format);
+            }
+            Err(e) => refusals.push(format!("{}: {e}", p.display())),
+        }
+        progress.add(std::fs::metadata(p).map_or(0, |m| m.len()));
+    }
+    if !refusals.is_empty() {
+        return Err(ApiError::new(
+            ErrorKind::Refused,
+            format!(
+                "refusing to import {} of {} files; nothing was stored:\n  {}",
+                refusals.len(),
+                paths.len(),
+                refusals.join("\n  ")
+            ),
+        ));
+    }
     progress.start("hashing", total);
     let mut out = Vec::with_capacity(paths.len());
-    for p in paths {
+    for (p, format) in paths.iter().zip(formats) {
         progress.item(p.display().to_string());
         let imported = node
             .store
@@ -365,7 +414,7 @@ fn import(
             path: p.clone(),
             hash: imported.hash,
             size: imported.size,
-            format: imported.format,
+            format,
             deduplicated: imported.deduplicated,
         });
         session.tags.push(imported.tag);
@@ -405,6 +454,7 @@ pub(crate) fn export_manifest(
         overwrite,
         copy,
         now: unix_now(),
+        allow_pickle: node.config.allow_pickle,
     };
     let report = node
         .store
@@ -421,6 +471,7 @@ pub(crate) fn export_manifest(
                 ExportError::CorruptBlob { .. } | ExportError::SizeMismatch { .. } => {
                     ErrorKind::Corrupt
                 }
+                ExportError::Malformed { .. } | ExportError::Unsafe { .. } => ErrorKind::Refused,
                 _ => ErrorKind::Internal,
             };
             ApiError::new(kind, e.to_string())

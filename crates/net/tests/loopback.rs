@@ -62,7 +62,7 @@ fn publish(n: &Node, files: &[(&str, Vec<u8>)], key: &SecretKey) -> Vec<u8> {
             path: name.parse().unwrap(),
             size: imported.size,
             blake3: imported.hash,
-            format: imported.format,
+            format: modeld_core::format::FileFormat::Other,
         });
     }
     let m = Manifest::new(
@@ -73,6 +73,7 @@ fn publish(n: &Node, files: &[(&str, Vec<u8>)], key: &SecretKey) -> Vec<u8> {
             created: 1,
             expires: None,
             publisher: key.public(),
+            allow_pickle: false,
         },
         entries,
     )

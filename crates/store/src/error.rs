@@ -249,6 +249,24 @@ pub enum ExportError {
         /// Its hash.
         hash: Hash,
     },
+    /// The stored content is malformed for its format, or not what the manifest says.
+    #[error("{path}: {reason}; nothing was exported")]
+    Malformed {
+        /// The file.
+        path: String,
+        /// What inspection found.
+        reason: String,
+    },
+    /// The content is refused by this node's safety policy.
+    #[error("{path}: {reason}; nothing was exported{hint}")]
+    Unsafe {
+        /// The file.
+        path: String,
+        /// What the policy refused.
+        reason: modeld_core::format::SafetyError,
+        /// What the user can do, if anything.
+        hint: &'static str,
+    },
     /// A different file already exists where a model file would go.
     #[error("{0} already exists with different content; pass --force to replace it")]
     Exists(PathBuf),

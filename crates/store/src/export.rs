@@ -10,6 +10,10 @@
 //! file is written under a temporary name and renamed into place, which replaces a
 //! symlink rather than following it. An existing different file is replaced only with
 //! `overwrite`.
+//!
+//! Before anything is written, every file's stored content is inspected again
+//! ([`modeld_core::format::inspect`]): it must be well-formed, be the format the
+//! manifest records, and pass this node's pickle policy, whatever the publisher said.
 
 use std::{
     fs::{self, File, OpenOptions, Permissions},
@@ -18,7 +22,10 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use modeld_core::{Hash, ManifestFile};
+use modeld_core::{
+    Hash, ManifestFile,
+    format::{self, FileSource, SafetyError},
+};
 
 use crate::{
     Store,
@@ -37,6 +44,8 @@ pub struct ExportOptions {
     pub copy: bool,
     /// The time for the trust and expiry check (Unix seconds).
     pub now: u64,
+    /// This node allows pickle-based files (whose globals are all allow-listed).
+    pub allow_pickle: bool,
 }
 
 /// How one file got into the export directory.
@@ -117,6 +126,9 @@ impl Store {
         if !missing.is_empty() {
             return Err(ExportError::Incomplete { missing });
         }
+        for f in files {
+            self.inspect_stored(f, options.allow_pickle)?;
+        }
         match fs::symlink_metadata(target) {
             Ok(m) if !m.is_dir() && !m.file_type().is_symlink() => {
                 return Err(ExportError::NotADirectory(target.to_owned()));
@@ -142,6 +154,42 @@ impl Store {
             report.bytes += f.size;
         }
         Ok(report)
+    }
+
+    /// Re-inspects a stored file before it is written out: its content must be
+    /// well-formed, be the format the manifest says, and pass this node's policy.
+    fn inspect_stored(&self, f: &ManifestFile, allow_pickle: bool) -> Result<(), ExportError> {
+        let path = self.inner.layout.data(f.blake3);
+        let file = File::open(&path)
+            .map_err(|e| ExportError::io(format!("reading stored blob {}", f.blake3), e))?;
+        let src = FileSource::new(&file)
+            .map_err(|e| ExportError::io(format!("reading stored blob {}", f.blake3), e))?;
+        let found = format::inspect(&src).map_err(|e| ExportError::Malformed {
+            path: f.path.to_string(),
+            reason: e.to_string(),
+        })?;
+        if found.format != f.format {
+            return Err(ExportError::Malformed {
+                path: f.path.to_string(),
+                reason: format!(
+                    "the manifest says {} but the content is {}",
+                    f.format, found.format
+                ),
+            });
+        }
+        found.check(allow_pickle).map_err(|reason| {
+            let hint = match reason {
+                SafetyError::PickleNotAllowed { .. } => {
+                    " (set safety.allow_pickle = true in modeld's config, or start it with --allow-pickle true, to accept pickles of tensors)"
+                }
+                _ => "",
+            };
+            ExportError::Unsafe {
+                path: f.path.to_string(),
+                reason,
+                hint,
+            }
+        })
     }
 
     /// Decides what to do with one file without changing anything, so that a conflict
@@ -360,6 +408,7 @@ mod tests {
             overwrite: false,
             copy: false,
             now: NOW,
+            allow_pickle: false,
         }
     }
 

@@ -7,16 +7,12 @@
 
 use std::{
     fs::{self, File, Permissions},
-    os::unix::fs::{FileExt, MetadataExt, PermissionsExt},
+    os::unix::fs::{MetadataExt, PermissionsExt},
     path::{Path, PathBuf},
     sync::atomic::AtomicBool,
 };
 
-use modeld_core::{
-    Hash,
-    format::{self, FileFormat, SNIFF_LEN},
-    ranges,
-};
+use modeld_core::{Hash, ranges};
 use redb::ReadableTable;
 
 use crate::{
@@ -35,8 +31,6 @@ pub struct Imported {
     pub hash: Hash,
     /// Its length.
     pub size: u64,
-    /// Its format, from its first bytes.
-    pub format: FileFormat,
     /// The store already had it complete; nothing was written.
     pub deduplicated: bool,
     /// The data was adopted by reflink (no bytes copied).
@@ -76,9 +70,6 @@ impl Store {
             return Err(ImportError::NotAFile(path.to_owned()));
         }
         let size = before.len();
-        let mut head = [0u8; SNIFF_LEN];
-        let n = read_up_to(&src, &mut head).map_err(read_err)?;
-        let format = format::detect(&head[..n], size);
 
         let layout = &self.inner.layout;
         let tmp_err =
@@ -142,7 +133,6 @@ impl Store {
         Ok(Imported {
             hash,
             size,
-            format,
             deduplicated,
             reflinked,
             tag,
@@ -186,18 +176,6 @@ impl Store {
         tx.commit().idx()?;
         Ok(false)
     }
-}
-
-/// Reads up to `buf.len()` bytes from the start of `file`.
-fn read_up_to(file: &File, buf: &mut [u8]) -> std::io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match file.read_at(&mut buf[n..], n as u64)? {
-            0 => break,
-            k => n += k,
-        }
-    }
-    Ok(n)
 }
 
 #[cfg(test)]

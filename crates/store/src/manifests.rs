@@ -367,6 +367,7 @@ mod tests {
                 created: 1_700_000_000,
                 expires: None,
                 publisher: key.public(),
+                allow_pickle: false,
             },
             vec![ManifestFile {
                 path: "w.bin".parse().unwrap(),

@@ -51,7 +51,7 @@ pub(crate) fn publish(
             path: name.parse().unwrap(),
             size: imported.size,
             blake3: imported.hash,
-            format: imported.format,
+            format: modeld_core::format::FileFormat::Other,
         });
     }
     let m = Manifest::new(
@@ -62,6 +62,7 @@ pub(crate) fn publish(
             created: 1_700_000_000,
             expires: None,
             publisher: key.public(),
+            allow_pickle: false,
         },
         entries,
     )

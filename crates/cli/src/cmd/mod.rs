@@ -1,6 +1,7 @@
 //! One module per group of commands.
 
 pub(crate) mod fetch;
+pub(crate) mod inspect;
 pub(crate) mod keys;
 pub(crate) mod manifest;
 pub(crate) mod peers;

@@ -41,6 +41,12 @@ pub(crate) struct PublishArgs {
     /// Make the manifest expire after this long (e.g. `90d`); nodes refuse it afterwards.
     #[arg(long, value_name = "DURATION")]
     expires_in: Option<String>,
+    /// Publish pickle-based files (PyTorch `.bin`/`.pt`, pickles, object arrays) whose
+    /// imports are all tensor-rebuilding callables. Loading a pickle can run code; the
+    /// manifest records that you allowed it, and consuming nodes refuse it unless their
+    /// config allows pickle too. Files importing anything else are refused regardless.
+    #[arg(long)]
+    allow_pickle: bool,
 }
 
 pub(crate) fn run(ctx: &Context, args: &PublishArgs) -> anyhow::Result<()> {
@@ -92,6 +98,7 @@ pub(crate) fn run(ctx: &Context, args: &PublishArgs) -> anyhow::Result<()> {
     let reply = client.call(
         Request::Import {
             paths: files.iter().map(|f| f.source.clone()).collect(),
+            allow_pickle: args.allow_pickle,
         },
         &mut |e| ui.event(e),
     )?;
@@ -116,6 +123,7 @@ pub(crate) fn run(ctx: &Context, args: &PublishArgs) -> anyhow::Result<()> {
             created: now,
             expires: expires_in.map(|d| now + d.as_secs()),
             publisher: key.public(),
+            allow_pickle: args.allow_pickle && imported.iter().any(|i| i.format.is_pickle()),
         },
         files
             .iter()
