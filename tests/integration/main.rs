@@ -3,6 +3,7 @@
 
 mod crash;
 mod discovery;
+mod hostile;
 mod lab;
 mod lifecycle;
 mod publish_export;

@@ -6,6 +6,7 @@
 //! integration tests of their own, which makes cargo build them first).
 
 pub mod lab;
+pub mod models;
 pub mod peers;
 
 use std::{

@@ -327,7 +327,7 @@ fn status(node: &Node) -> Result<Reply, ApiError> {
 fn inspect_file(p: &Path) -> Result<Inspection, String> {
     let file = std::fs::File::open(p).map_err(|e| format!("cannot read: {e}"))?;
     let src = FileSource::new(&file).map_err(|e| format!("cannot read: {e}"))?;
-    format::inspect(&src).map_err(|e| e.to_string())
+    format::inspect_named(&src, &p.to_string_lossy()).map_err(|e| e.to_string())
 }
 
 fn import(

@@ -164,10 +164,11 @@ impl Store {
             .map_err(|e| ExportError::io(format!("reading stored blob {}", f.blake3), e))?;
         let src = FileSource::new(&file)
             .map_err(|e| ExportError::io(format!("reading stored blob {}", f.blake3), e))?;
-        let found = format::inspect(&src).map_err(|e| ExportError::Malformed {
-            path: f.path.to_string(),
-            reason: e.to_string(),
-        })?;
+        let found =
+            format::inspect_named(&src, f.path.as_str()).map_err(|e| ExportError::Malformed {
+                path: f.path.to_string(),
+                reason: e.to_string(),
+            })?;
         if found.format != f.format {
             return Err(ExportError::Malformed {
                 path: f.path.to_string(),

@@ -41,7 +41,7 @@ pub(crate) fn run(ctx: &Context, args: &InspectArgs) -> anyhow::Result<()> {
     for path in &args.files {
         let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
         let src = FileSource::new(&file).with_context(|| format!("reading {}", path.display()))?;
-        let report = match format::inspect(&src) {
+        let report = match format::inspect_named(&src, &path.to_string_lossy()) {
             Ok(i) => {
                 let verdict = i.check(args.allow_pickle);
                 Report {

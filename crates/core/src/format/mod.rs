@@ -130,6 +130,16 @@ pub enum FormatError {
         /// What is wrong.
         error: numpy::NpyError,
     },
+    /// A name that promises one format (loaders choose by name) on content of another.
+    #[error("named like a {expected} file, but the content is {found}{detail}")]
+    NameMismatch {
+        /// What the name promises.
+        expected: FileFormat,
+        /// What the content is.
+        found: FileFormat,
+        /// More about the content (for pickles: why it is unsafe), or empty.
+        detail: String,
+    },
     /// Reading failed.
     #[error("reading the file: {0}")]
     Io(String),
@@ -256,6 +266,50 @@ pub fn inspect(src: &(impl Source + ?Sized)) -> Result<Inspection, FormatError> 
         return Ok(i);
     }
     Ok(Inspection::new(FileFormat::Other, size))
+}
+
+/// The format a file name promises to loaders that choose by extension.
+pub fn format_by_name(name: &str) -> Option<FileFormat> {
+    let ext = name.rsplit_once('.')?.1.to_ascii_lowercase();
+    match ext.as_str() {
+        "safetensors" => Some(FileFormat::Safetensors),
+        "gguf" => Some(FileFormat::Gguf),
+        _ => None,
+    }
+}
+
+/// Like [`inspect`], for a file that goes by `name`: a file named like safetensors or
+/// GGUF must be that format. Detection stays by content; the name only makes the
+/// check stricter (content that is not recognised gets the named format's precise
+/// error, so a broken `.safetensors` file is never passed through as data).
+pub fn inspect_named(src: &(impl Source + ?Sized), name: &str) -> Result<Inspection, FormatError> {
+    let found = inspect(src)?;
+    let Some(expected) = format_by_name(name) else {
+        return Ok(found);
+    };
+    if found.format == expected {
+        return Ok(found);
+    }
+    if found.format == FileFormat::Other {
+        match expected {
+            FileFormat::Safetensors => {
+                safetensors::validate(src)?;
+            }
+            FileFormat::Gguf => {
+                gguf::validate(src)?;
+            }
+            _ => {}
+        }
+    }
+    let detail = match found.check(false) {
+        Err(e) if found.format.is_pickle() => format!(" ({e})"),
+        _ => String::new(),
+    };
+    Err(FormatError::NameMismatch {
+        expected,
+        found: found.format,
+        detail,
+    })
 }
 
 /// A length prefix below 2^32 followed by `{`: text and pickles never start so.
