@@ -234,9 +234,20 @@ fn expired_manifest_is_refused() {
 fn unsafe_paths_are_refused_even_when_validly_signed() {
     let f = fixture();
     let text = manifest_text(&f.key, 1, &["evil"], None);
-    for (i, bad) in ["../evil", "/etc/evil", "", "a//evil", "./evil"]
-        .iter()
-        .enumerate()
+    let long_path = format!("{}/evil", "d/".repeat(520));
+    let long_component = "x".repeat(256);
+    for (i, bad) in [
+        "../evil",
+        "/etc/evil",
+        "",
+        "a//evil",
+        "./evil",
+        "a\\evil",
+        long_path.as_str(),
+        long_component.as_str(),
+    ]
+    .iter()
+    .enumerate()
     {
         let body = text.replace("\"path\":\"evil\"", &format!("\"path\":{bad:?}"));
         let file = write_signed(&f.dir, &format!("bad{i}.json"), &body, &f.key);
@@ -268,4 +279,19 @@ fn truncated_envelope_is_refused() {
     std::fs::write(&file, &bytes[..bytes.len() / 2]).unwrap();
     let err = f.refused(&file);
     assert!(err.contains("malformed signed manifest"), "{err}");
+}
+
+#[test]
+fn oversized_manifest_is_refused() {
+    let f = fixture();
+    // Valid JSON and validly signed, but over the 4 MiB limit on a body.
+    let text = manifest_text(&f.key, 1, &["a"], None);
+    let padded = text.replacen(
+        "\"version\":\"1\"",
+        &format!("\"version\":\"1\",\"pad\":\"{}\"", "x".repeat(5 << 20)),
+        1,
+    );
+    let file = write_signed(&f.dir, "big.json", &padded, &f.key);
+    let err = f.refused(&file);
+    assert!(err.contains("larger than"), "{err}");
 }

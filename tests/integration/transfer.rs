@@ -459,3 +459,70 @@ fn a_file_no_peer_has_is_named_in_the_error() {
     let status = leech.ctl_json(&["status"]);
     assert_eq!(status["blobs_complete"], 2, "{status}");
 }
+
+#[test]
+fn a_peer_claiming_a_2_pow_60_byte_blob_is_dropped_and_its_claim_never_sized_anything() {
+    let sw = swarm(1);
+    let sizes: HashMap<Hash, u64> = sw
+        .files()
+        .into_iter()
+        .map(|(_, h, _)| (h, 1 << 60))
+        .collect();
+    let liar = FakePeer::start(Behaviour::Lying(sizes));
+    // Alone, the liar gets the fetch nowhere; the fetcher sized its files from the
+    // signed manifest (it reserves their space up front), never from the claim.
+    let alone = sw.fetcher("alone", &["--request-timeout", "2s"]);
+    let err = alone.ctl_err(&[
+        "fetch",
+        sw.manifest.to_str().unwrap(),
+        "--peer",
+        liar.peer_addr(),
+    ]);
+    assert!(
+        err.contains("claimed blob size 1152921504606846976 is implausible (over 2^50 bytes)"),
+        "{err}"
+    );
+    let stored: u64 = walk_sizes(&alone.data_dir().join("store/blobs"));
+    assert!(
+        stored <= sw.total + sw.total / 100,
+        "{stored} bytes stored for a {}-byte model after a fetch from a liar",
+        sw.total
+    );
+    // Beside an honest seed, the fetch completes and the liar is dropped.
+    let leech = sw.fetcher("leech", &[]);
+    let peers = vec![
+        "--peer".to_owned(),
+        liar.peer_addr().to_owned(),
+        "--peer".to_owned(),
+        sw.seeds[0].peer_addr(),
+    ];
+    let out = sw.tmp.path().join("out");
+    let summary = fetch_json(&leech, sw.manifest.to_str().unwrap(), &peers, Some(&out));
+    sw.check_export(&out);
+    let liar_id = liar.peer_addr().split('@').next().unwrap();
+    if let Some(entry) = summary["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["id"] == liar_id)
+    {
+        assert_eq!(entry["bytes"], 0, "{summary}");
+    }
+}
+
+fn walk_sizes(dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| {
+            let m = e.metadata().unwrap();
+            if m.is_dir() {
+                walk_sizes(&e.path())
+            } else {
+                m.len()
+            }
+        })
+        .sum()
+}

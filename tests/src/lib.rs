@@ -295,14 +295,22 @@ pub fn modelctl(data_dir: &Path, args: &[&str]) -> Output {
 }
 
 /// Writes `size` seeded pseudo-random bytes to `path`, streaming (flat memory).
+///
+/// A `.safetensors` path gets a valid safetensors file of that exact size (one `U8`
+/// tensor of random bytes), since modeld holds files of that name to the format.
 pub fn random_file(path: &Path, size: u64, seed: u64) {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).expect("create dir");
     }
     let mut out = BufWriter::with_capacity(1 << 20, File::create(path).expect("create file"));
+    let mut left = size;
+    if path.extension().is_some_and(|e| e == "safetensors") {
+        let header = safetensors_header(size);
+        out.write_all(&header).expect("write");
+        left -= header.len() as u64;
+    }
     let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     let mut block = vec![0u8; 1 << 20];
-    let mut left = size;
     while left > 0 {
         for word in block.chunks_exact_mut(8) {
             x ^= x << 13;
@@ -315,6 +323,28 @@ pub fn random_file(path: &Path, size: u64, seed: u64) {
         left -= n as u64;
     }
     out.flush().expect("flush");
+}
+
+/// The length prefix and space-padded header of a safetensors file of `size` bytes
+/// holding one `U8` tensor.
+fn safetensors_header(size: u64) -> Vec<u8> {
+    let mut hlen = 0u64;
+    loop {
+        let data = size
+            .checked_sub(8 + hlen)
+            .expect("file too small for safetensors");
+        let mut h =
+            format!(r#"{{"weight":{{"dtype":"U8","shape":[{data}],"data_offsets":[0,{data}]}}}}"#)
+                .into_bytes();
+        if h.len() as u64 > hlen {
+            hlen = (h.len() as u64).next_multiple_of(8);
+            continue;
+        }
+        h.resize(hlen as usize, b' ');
+        let mut out = hlen.to_le_bytes().to_vec();
+        out.extend_from_slice(&h);
+        return out;
+    }
 }
 
 /// The BLAKE3 of a file according to an independent tool: `b3sum` if installed,
