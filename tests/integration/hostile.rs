@@ -840,3 +840,66 @@ fn a_signed_manifest_that_hides_a_pickle_as_data_is_refused_on_export() {
     );
     assert!(!out.join("weights.dat").exists());
 }
+
+// ---- the pickle detector against picklescan -----------------------------------------
+
+/// Every fixture, judged by modeld (`inspect --allow-pickle`: refused only for unsafe
+/// imports or an unscannable pickle) and by picklescan (infected or not). They must
+/// agree except where modeld is deliberately stricter (docs/threat-model.md).
+#[test]
+fn pickle_detector_agrees_with_picklescan_except_where_documented() {
+    let mut files: Vec<std::path::PathBuf> = ["pickle", "valid"]
+        .iter()
+        .flat_map(|d| std::fs::read_dir(fixtures().join(d)).unwrap())
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    let script = r#"
+import json, sys
+from picklescan.scanner import scan_file_path
+print(json.dumps({p: scan_file_path(p).infected_files > 0 for p in sys.argv[1:]}))
+"#;
+    let out = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .args(&files)
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "picklescan failed (scripts/test installs it): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let picklescan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mut args = vec![
+        "inspect".to_owned(),
+        "--json".to_owned(),
+        "--allow-pickle".to_owned(),
+    ];
+    args.extend(files.iter().map(|f| f.display().to_string()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let ours: serde_json::Value =
+        serde_json::from_slice(&modelctl(Path::new("/nonexistent"), &args).stdout).unwrap();
+    let mut differences = Vec::new();
+    for report in ours.as_array().unwrap() {
+        let path = report["path"].as_str().unwrap();
+        let modeld_flags = report["ok"] == false;
+        let picklescan_flags = picklescan[path].as_bool().unwrap();
+        if modeld_flags != picklescan_flags {
+            let name = Path::new(path).file_name().unwrap().to_str().unwrap();
+            differences.push((name.to_owned(), modeld_flags, picklescan_flags));
+        }
+    }
+    differences.sort();
+    assert_eq!(
+        differences,
+        [
+            // EXT1: a global through the copyreg extension registry; picklescan
+            // does not follow extension codes.
+            ("extension_code.pkl".to_owned(), true, false),
+            // A class on no list: picklescan calls it "suspicious" but not
+            // infected; modeld allows only tensor-rebuilding callables.
+            ("training_args.bin".to_owned(), true, false),
+        ]
+    );
+}

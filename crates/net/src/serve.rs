@@ -311,3 +311,22 @@ async fn serve_blob(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_peer_over_its_request_rate_is_throttled() {
+        // A full bucket: one second's worth of requests pass at once, then no more.
+        let throttle = Mutex::new((REQUESTS_PER_SEC, Instant::now()));
+        let burst = (0..(REQUESTS_PER_SEC as usize) * 2)
+            .filter(|_| allow_request(&throttle))
+            .count();
+        let max = REQUESTS_PER_SEC as usize + 200; // refill while the loop runs
+        assert!(
+            burst >= REQUESTS_PER_SEC as usize && burst < max,
+            "{burst} requests passed"
+        );
+    }
+}

@@ -196,13 +196,8 @@ impl Inspection {
     /// cannot be scanned to the end) are refused always; other pickle-based files only
     /// when `allow_pickle`.
     pub fn check(&self, allow_pickle: bool) -> Result<(), SafetyError> {
+        // Named imports first: they say the most about what the file would do.
         for p in &self.pickles {
-            if let Some(reason) = &p.error {
-                return Err(SafetyError::Unscannable {
-                    location: p.location.clone(),
-                    reason: reason.clone(),
-                });
-            }
             let bad: Vec<String> = p
                 .globals
                 .iter()
@@ -219,6 +214,12 @@ impl Inspection {
                     globals,
                 });
             }
+        }
+        if let Some(p) = self.pickles.iter().find(|p| p.error.is_some()) {
+            return Err(SafetyError::Unscannable {
+                location: p.location.clone(),
+                reason: p.error.clone().unwrap_or_default(),
+            });
         }
         if self.format.is_pickle() && !allow_pickle {
             return Err(SafetyError::PickleNotAllowed {
