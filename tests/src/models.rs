@@ -105,7 +105,7 @@ pub struct Gguf {
 
 impl Gguf {
     /// What `gguf.GGUFWriter` writes for `valid/small.gguf`: architecture `llama`,
-    /// `t0` F32 [32, 4] of zeros and `t1` F16 [8] of ones.
+    /// `t0` F32 `[32, 4]` of zeros and `t1` F16 `[8]` of ones.
     pub fn small() -> Self {
         let mut data = vec![0u8; 512];
         for _ in 0..8 {
