@@ -363,6 +363,9 @@ async fn feed_peers(discovery: Discovery, keys: Vec<Hash>, found: mpsc::Sender<P
     let mut sent: BTreeSet<SocketAddr> = BTreeSet::new();
     let mut next_lookup = Instant::now();
     let mut next_resend = Instant::now() + Duration::from_secs(5);
+    // Who announced the model's blobs in the DHT: offered before peers known only as
+    // neighbours, so a fetch at its peer limit is not filled with hosts holding nothing.
+    let mut providers = BTreeSet::new();
     loop {
         // Offer everyone again now and then: a peer dropped when its link was cut may be
         // reachable again (the fetch ignores peers it already has).
@@ -370,7 +373,10 @@ async fn feed_peers(discovery: Discovery, keys: Vec<Hash>, found: mpsc::Sender<P
             next_resend = Instant::now() + Duration::from_secs(5);
             sent.clear();
         }
-        for p in discovery.peers().await {
+        let mut peers = discovery.peers().await;
+        // Stable: nearest first within each group, as discovery sorts them.
+        peers.sort_by_key(|p| !providers.contains(&p.id));
+        for p in peers {
             if let Some(addr) = p.data
                 && sent.insert(addr)
                 && found
@@ -384,6 +390,8 @@ async fn feed_peers(discovery: Discovery, keys: Vec<Hash>, found: mpsc::Sender<P
                 return;
             }
         }
+        // Looked up after offering, so the first peers are offered at once; the
+        // providers found order the next offers.
         if Instant::now() >= next_lookup {
             next_lookup = Instant::now() + Duration::from_secs(3);
             let mut lookups = tokio::task::JoinSet::new();
@@ -391,11 +399,11 @@ async fn feed_peers(discovery: Discovery, keys: Vec<Hash>, found: mpsc::Sender<P
                 let d = discovery.clone();
                 lookups.spawn(async move { d.find_providers(k).await });
             }
-            let mut providers = BTreeSet::new();
+            providers.clear();
             while let Some(Ok(found)) = lookups.join_next().await {
                 providers.extend(found);
             }
-            discovery.dial(providers.into_iter().collect()).await;
+            discovery.dial(providers.iter().copied().collect()).await;
         }
         if found.is_closed() {
             return;

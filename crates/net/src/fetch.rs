@@ -419,11 +419,26 @@ pub async fn fetch(
         tokio::select! {
             found = next_discovered => match found {
                 Some(peer) => {
-                    if known.len() < MAX_PEERS
-                        && peer.id != Some(net.node_id())
+                    let fresh = peer.id != Some(net.node_id())
                         && !peer.id.is_some_and(|id| conns.contains_key(&id))
-                        && known.insert(peer.addr)
-                    {
+                        && !known.contains(&peer.addr);
+                    // At the limit, a connected peer with nothing this fetch still needs
+                    // (its have-maps known) makes room for the newcomer, which might.
+                    if fresh && known.len() >= MAX_PEERS {
+                        let useless = sched.useless_peers().find(|id| {
+                            !have_inflight.iter().any(|(p, _)| p == id) && conns.contains_key(id)
+                        });
+                        if let Some(id) = useless
+                            && let Some(c) = conns.remove(&id)
+                        {
+                            tracing::debug!(peer = %id, "making room: peer has nothing we need");
+                            known.remove(&c.addr());
+                            c.close("nothing needed");
+                            sched.remove_peer(id, started.elapsed());
+                            complete_peers.retain(|(p, _)| *p != id);
+                        }
+                    }
+                    if fresh && known.len() < MAX_PEERS && known.insert(peer.addr) {
                         tracing::debug!(%peer, "discovered peer");
                         pending_connects += 1;
                         connect(peer);
@@ -448,7 +463,8 @@ pub async fn fetch(
                             sched.readmit_peer(id, now);
                         }
                         tracing::debug!(peer = %id, addr = %conn.addr(), "connected to peer");
-                        sched.add_peer(id, now);
+                        // A peer let go earlier (to make room) starts afresh.
+                        sched.readmit_peer(id, now);
                         for (i, b) in blobs.iter().enumerate() {
                             have_inflight.insert((id, i));
                             ask_have(&conn, i, b.hash, &tx);

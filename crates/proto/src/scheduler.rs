@@ -13,7 +13,12 @@
 //!   peers have; ties are broken by a seeded random order.
 //! - **Pipelining, more to faster peers**: each peer has a window of requests in
 //!   flight that grows by one whenever a request completes while the window was full,
-//!   and halves on a timeout or a busy answer.
+//!   and halves on a timeout or a busy answer. Once a peer's throughput is measured,
+//!   the bytes in flight to it are also kept under what it delivers in
+//!   [`SchedulerConfig::queue_target`]: a peer shared by many fetchers (a seed at the
+//!   start of a burst) is not handed pieces it will take long to send, which stay
+//!   free for peers that can send them sooner. Before that, a peer gets
+//!   [`SchedulerConfig::initial_peer_bytes`] (the same bytes whatever the piece size).
 //! - **Endgame**: once every missing piece is requested, idle peers duplicate the
 //!   oldest outstanding requests (at most [`SchedulerConfig::max_duplicates`] per
 //!   piece); the first to complete wins and the others are cancelled.
@@ -55,6 +60,11 @@ pub struct SchedulerConfig {
     pub busy_backoff: Duration,
     /// Seed of the random tie-breaks (the same seed gives the same decisions).
     pub seed: u64,
+    /// A peer gets no more bytes in flight than it delivers in this long (at least one
+    /// piece), once its rate is measured.
+    pub queue_target: Duration,
+    /// Bytes in flight to a peer whose rate is not yet measured (at least one piece).
+    pub initial_peer_bytes: u64,
 }
 
 impl Default for SchedulerConfig {
@@ -70,6 +80,8 @@ impl Default for SchedulerConfig {
             max_timeouts: 3,
             busy_backoff: Duration::from_millis(500),
             seed: 0x6d6f_6465_6c64,
+            queue_target: Duration::from_secs(1),
+            initial_peer_bytes: 4 << 20,
         }
     }
 }
@@ -169,6 +181,13 @@ struct Peer {
     /// Per piece, whether the peer has all of its need.
     has_piece: Vec<bool>,
     inflight: BTreeSet<RequestId>,
+    inflight_bytes: u64,
+    /// Measured delivery rate (bytes per second), once a request has completed.
+    rate: Option<f64>,
+    /// Pieces it has that are not yet done here.
+    useful: u32,
+    /// Pieces it has that are missing here (not requested from anyone).
+    offer: u32,
     window: usize,
     timeouts: u32,
     banned: bool,
@@ -194,10 +213,14 @@ pub struct Scheduler<P: Ord + Copy + Debug> {
     config: SchedulerConfig,
     sizes: Vec<u64>,
     pieces: Vec<Piece>,
+    /// Per blob, the range of its pieces in `pieces` (they are created in blob order).
+    blob_pieces: Vec<std::ops::Range<usize>>,
     /// Missing pieces ordered by (availability, tie-break, index): rarest first.
     missing: BTreeSet<(u32, u64, usize)>,
     peers: BTreeMap<P, Peer>,
     requests: BTreeMap<RequestId, Outstanding<P>>,
+    /// The requests by deadline, earliest first.
+    deadlines: BTreeSet<(Duration, RequestId)>,
     queued: Vec<Action<P>>,
     next_id: RequestId,
     cursor: usize,
@@ -224,9 +247,11 @@ impl<P: Ord + Copy + Debug> Scheduler<P> {
         );
         let piece_chunks = config.piece_bytes / CHUNK_BYTES;
         let mut pieces = Vec::new();
+        let mut blob_pieces = Vec::with_capacity(blobs.len());
         let mut present_bytes = 0;
         let mut total_bytes = 0;
         for (b, spec) in blobs.iter().enumerate() {
+            let first = pieces.len();
             total_bytes += spec.size;
             present_bytes += ranges::covered_bytes(&spec.present, spec.size);
             let chunks = ranges::chunks(spec.size);
@@ -250,6 +275,7 @@ impl<P: Ord + Copy + Debug> Scheduler<P> {
                 }
                 start = end;
             }
+            blob_pieces.push(first..pieces.len());
         }
         let missing = pieces
             .iter()
@@ -260,9 +286,11 @@ impl<P: Ord + Copy + Debug> Scheduler<P> {
             config,
             sizes: blobs.iter().map(|b| b.size).collect(),
             pieces,
+            blob_pieces,
             missing,
             peers: BTreeMap::new(),
             requests: BTreeMap::new(),
+            deadlines: BTreeSet::new(),
             queued: Vec::new(),
             next_id: 1,
             cursor: 0,
@@ -309,6 +337,15 @@ impl<P: Ord + Copy + Debug> Scheduler<P> {
         self.peers.iter().map(|(k, p)| (*k, p.delivered))
     }
 
+    /// Live peers that have nothing this fetch still needs and nothing in flight: a
+    /// driver at its peer limit can replace them with peers that might.
+    pub fn useless_peers(&self) -> impl Iterator<Item = P> + '_ {
+        self.peers
+            .iter()
+            .filter(|(_, p)| !p.banned && !p.gone && p.useful == 0 && p.inflight.is_empty())
+            .map(|(k, _)| *k)
+    }
+
     /// If nothing is in flight and no live peer has any missing piece, the missing
     /// ranges per blob; otherwise `None`.
     pub fn stuck(&self) -> Option<Vec<(usize, ChunkRanges)>> {
@@ -336,6 +373,10 @@ impl<P: Ord + Copy + Debug> Scheduler<P> {
                 has: vec![ChunkRanges::empty(); self.sizes.len()],
                 has_piece: vec![false; self.pieces.len()],
                 inflight: BTreeSet::new(),
+                inflight_bytes: 0,
+                rate: None,
+                useful: 0,
+                offer: 0,
                 window: self.config.min_window,
                 timeouts: 0,
                 banned: false,
@@ -356,14 +397,25 @@ impl<P: Ord + Copy + Debug> Scheduler<P> {
             return;
         }
         p.has[blob] = ranges::clip(has, self.sizes[blob]);
-        for i in 0..self.pieces.len() {
-            if self.pieces[i].blob != blob {
-                continue;
-            }
+        for i in self.blob_pieces[blob].clone() {
             let p = self.peers.get_mut(&peer).expect("present");
             let now_has = self.pieces[i].need.is_subset(&p.has[blob]);
             if now_has != p.has_piece[i] {
                 p.has_piece[i] = now_has;
+                if self.pieces[i].state != PieceState::Done {
+                    if now_has {
+                        p.useful += 1;
+                    } else {
+                        p.useful -= 1;
+                    }
+                }
+                if self.pieces[i].state == PieceState::Missing {
+                    if now_has {
+                        p.offer += 1;
+                    } else {
+                        p.offer -= 1;
+                    }
+                }
                 self.set_avail(i, if now_has { 1 } else { -1 });
             }
         }
@@ -383,9 +435,23 @@ impl<P: Ord + Copy + Debug> Scheduler<P> {
 
     fn set_state(&mut self, piece: usize, state: PieceState) {
         let p = &mut self.pieces[piece];
-        if p.state == PieceState::Missing {
+        let was_missing = p.state == PieceState::Missing;
+        let is_missing = state == PieceState::Missing;
+        if was_missing {
             self.missing.remove(&(p.avail, p.tiebreak, piece));
         }
+        if was_missing != is_missing {
+            for peer in self.peers.values_mut() {
+                if peer.has_piece[piece] {
+                    if is_missing {
+                        peer.offer += 1;
+                    } else {
+                        peer.offer -= 1;
+                    }
+                }
+            }
+        }
+        let p = &mut self.pieces[piece];
         p.state = state;
         if state == PieceState::Missing {
             self.missing.insert((p.avail, p.tiebreak, piece));
@@ -442,9 +508,11 @@ impl<P: Ord + Copy + Debug> Scheduler<P> {
     /// Removes a request; its piece goes back to missing if nothing else fetches it.
     fn forget_request(&mut self, id: RequestId) -> Option<Outstanding<P>> {
         let r = self.requests.remove(&id)?;
+        self.deadlines.remove(&(r.deadline, id));
         self.inflight_bytes -= r.bytes;
         if let Some(p) = self.peers.get_mut(&r.peer) {
             p.inflight.remove(&id);
+            p.inflight_bytes -= r.bytes;
         }
         let piece = &mut self.pieces[r.piece];
         piece.requests.retain(|x| *x != id);
@@ -455,16 +523,21 @@ impl<P: Ord + Copy + Debug> Scheduler<P> {
     }
 
     /// The request's data arrived and verified.
-    pub fn on_complete(&mut self, id: RequestId, _now: Duration) {
+    pub fn on_complete(&mut self, id: RequestId, now: Duration) {
         let Some(r) = self.requests.get(&id).cloned() else {
             return;
         };
-        let full = self
-            .peers
-            .get(&r.peer)
-            .is_some_and(|p| p.inflight.len() >= p.window);
+        let (full, concurrent) = self.peers.get(&r.peer).map_or((false, 1), |p| {
+            (p.inflight.len() >= p.window, p.inflight.len())
+        });
         self.forget_request(id);
         if let Some(p) = self.peers.get_mut(&r.peer) {
+            // The peer sent this request's bytes while sending `concurrent` in all.
+            let secs = now.saturating_sub(r.sent).as_secs_f64();
+            if secs > 0.0 {
+                let sample = r.bytes as f64 * concurrent as f64 / secs;
+                p.rate = Some(p.rate.map_or(sample, |old| 0.75 * old + 0.25 * sample));
+            }
             p.delivered += r.bytes;
             p.timeouts = 0;
             if full && p.window < self.config.max_window {
@@ -475,6 +548,11 @@ impl<P: Ord + Copy + Debug> Scheduler<P> {
         if self.pieces[piece].state != PieceState::Done {
             self.set_state(piece, PieceState::Done);
             self.done_bytes += self.pieces[piece].bytes;
+            for p in self.peers.values_mut() {
+                if p.has_piece[piece] {
+                    p.useful -= 1;
+                }
+            }
         }
         // Cancel the duplicates that lost the race.
         for other in std::mem::take(&mut self.pieces[piece].requests) {
@@ -511,6 +589,12 @@ impl<P: Ord + Copy + Debug> Scheduler<P> {
                     && p.has_piece[r.piece]
                 {
                     p.has_piece[r.piece] = false;
+                    if self.pieces[r.piece].state != PieceState::Done {
+                        p.useful -= 1;
+                    }
+                    if self.pieces[r.piece].state == PieceState::Missing {
+                        p.offer -= 1;
+                    }
                     let blob = self.pieces[r.piece].blob;
                     p.has[blob] = &p.has[blob] - &self.pieces[r.piece].need;
                     self.set_avail(r.piece, -1);
@@ -541,7 +625,7 @@ impl<P: Ord + Copy + Debug> Scheduler<P> {
 
     /// The earliest time at which a request times out.
     pub fn next_deadline(&self) -> Option<Duration> {
-        self.requests.values().map(|r| r.deadline).min()
+        self.deadlines.first().map(|(d, _)| *d)
     }
 
     /// The next thing to do at time `now`, or `None` until something happens.
@@ -550,11 +634,8 @@ impl<P: Ord + Copy + Debug> Scheduler<P> {
             return Some(a);
         }
         // Time out overdue requests, oldest first.
-        if let Some((&id, _)) = self
-            .requests
-            .iter()
-            .filter(|(_, r)| r.deadline <= now)
-            .min_by_key(|(_, r)| r.deadline)
+        if let Some(&(deadline, id)) = self.deadlines.first()
+            && deadline <= now
         {
             let peer = self.requests[&id].peer;
             self.on_failed(id, Failure::Timeout, now);
@@ -577,6 +658,18 @@ impl<P: Ord + Copy + Debug> Scheduler<P> {
             let peer = peers[(self.cursor + k) % peers.len()];
             let p = &self.peers[&peer];
             if p.banned || p.gone || p.inflight.len() >= p.window || p.backoff_until > now {
+                continue;
+            }
+            if !endgame && p.offer == 0 {
+                continue;
+            }
+            let budget = match p.rate {
+                Some(rate) => rate * self.config.queue_target.as_secs_f64(),
+                None => self.config.initial_peer_bytes as f64,
+            };
+            if !p.inflight.is_empty()
+                && p.inflight_bytes as f64 >= budget.max(self.config.piece_bytes as f64)
+            {
                 continue;
             }
             let piece = if endgame {
@@ -636,6 +729,7 @@ impl<P: Ord + Copy + Debug> Scheduler<P> {
         self.pieces[piece].requests.push(id);
         let timeout = self.config.request_timeout
             + Duration::from_secs_f64(bytes as f64 / self.config.slowest_rate.max(1) as f64);
+        self.deadlines.insert((now + timeout, id));
         self.requests.insert(
             id,
             Outstanding {
@@ -647,11 +741,9 @@ impl<P: Ord + Copy + Debug> Scheduler<P> {
             },
         );
         self.inflight_bytes += bytes;
-        self.peers
-            .get_mut(&peer)
-            .expect("issuing to a known peer")
-            .inflight
-            .insert(id);
+        let p = self.peers.get_mut(&peer).expect("issuing to a known peer");
+        p.inflight.insert(id);
+        p.inflight_bytes += bytes;
         Action::Request {
             id,
             peer,
@@ -986,6 +1078,16 @@ mod tests {
                 }
                 for piece in &s.pieces {
                     prop_assert!(piece.requests.len() <= 2);
+                }
+                for p in s.peers.values() {
+                    let useful = (0..s.pieces.len())
+                        .filter(|&i| p.has_piece[i] && s.pieces[i].state != PieceState::Done)
+                        .count();
+                    prop_assert_eq!(p.useful as usize, useful, "useful count drifted");
+                    let offer = (0..s.pieces.len())
+                        .filter(|&i| p.has_piece[i] && s.pieces[i].state == PieceState::Missing)
+                        .count();
+                    prop_assert_eq!(p.offer as usize, offer, "offer count drifted");
                 }
                 if s.is_done() {
                     break;

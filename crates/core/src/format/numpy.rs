@@ -87,7 +87,8 @@ fn descr(header: &str) -> Option<&str> {
         }
         None
     } else {
-        let q = rest.chars().next()?;
+        // A quoted type string; the quote is ASCII, so slicing after it is safe.
+        let q = rest.chars().next().filter(|c| *c == '\'' || *c == '"')?;
         let end = rest[1..].find(q)?;
         Some(&rest[..end + 2])
     }
@@ -139,6 +140,13 @@ mod tests {
         .unwrap();
         assert!(structured.object);
         assert!(read(b"\x93NUMPY\x09\x00").is_err());
+        // Found by the `inspect` fuzzer: a multi-byte character where a quote belongs.
+        assert!(
+            read(&npy(
+                "{'descr': \u{649}O', 'fortran_order': False, 'shape': (3,), }\n"
+            ))
+            .is_err()
+        );
         assert!(read(&npy("{'shape': (2,), }\n")).is_err());
     }
 }

@@ -1,0 +1,984 @@
+//! The swarm: hosts that arrive, discover each other and fetch with the daemon's own
+//! scheduler ([`modeld_proto::scheduler::Scheduler`]), over the flow network.
+//!
+//! What each host does mirrors the daemon's fetch driver (`crates/net/src/fetch.rs`
+//! and the discovery feed in `crates/daemon/src/fetch.rs`):
+//! - it looks up providers in the DHT every `lookup_every` (each lookup returns up to
+//!   `lookup_results` of them, after `dht_latency`), and with mDNS it also knows the
+//!   hosts of its rack; every 500 ms it connects to known peers, up to `max_peers`,
+//!   those known to hold data first, then nearest first (same rack, then round-trip
+//!   time);
+//! - on connecting, and every `have_refresh` for incomplete peers, it learns what
+//!   they hold (have-maps);
+//! - it announces itself as a provider once it holds a verified piece;
+//! - it runs every action of the scheduler: a request becomes a flow from the peer
+//!   after one round trip; cancels stop flows; a corrupt answer is detected at its
+//!   first 16 KiB chunk group and bans the peer; a departed peer fails its requests.
+//!
+//! Seeds and the origin hold everything from the start. A host that finishes keeps
+//! serving. Everything is ordered by (time, sequence number), and every random
+//! choice comes from the scenario's seed, so a run is deterministic.
+
+use std::{
+    cmp::Reverse,
+    collections::{BTreeMap, BTreeSet, BinaryHeap},
+    time::Duration,
+};
+
+use modeld_core::ranges::{self, ChunkRanges};
+use modeld_proto::scheduler::{Action, BlobSpec, Failure, RequestId, Scheduler, SchedulerConfig};
+
+use crate::{
+    flow::{FlowId, Nanos, Network, ResourceId},
+    rng::Rng,
+};
+
+/// What a host is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Holds the model from the start.
+    Seed,
+    /// Holds the model from the start, outside the racks.
+    Origin,
+    /// Fetches the model.
+    Fetcher,
+}
+
+/// One host's description.
+#[derive(Debug, Clone)]
+pub struct HostSpec {
+    /// What it is.
+    pub kind: Kind,
+    /// Its rack (`u32::MAX`: outside the racks).
+    pub rack: u32,
+    /// Upload capacity, bytes per second.
+    pub up: f64,
+    /// Download capacity, bytes per second.
+    pub down: f64,
+    /// When it starts.
+    pub arrive: Nanos,
+    /// When it leaves, if it does.
+    pub leave: Option<Nanos>,
+    /// It answers with corrupt data.
+    pub corrupt: bool,
+}
+
+/// Everything a run needs, resolved from a scenario.
+#[derive(Debug, Clone)]
+pub struct Setup {
+    /// Every host.
+    pub hosts: Vec<HostSpec>,
+    /// File sizes.
+    pub files: Vec<u64>,
+    /// The scheduler's settings (its seed is varied per host).
+    pub scheduler: SchedulerConfig,
+    /// Round trip within a rack.
+    pub rtt_same_rack: Nanos,
+    /// Round trip across racks.
+    pub rtt_cross_rack: Nanos,
+    /// Round trip to the origin.
+    pub rtt_origin: Nanos,
+    /// Rack uplink capacity each way (none: unconstrained).
+    pub rack_uplink: Option<f64>,
+    /// Number of racks.
+    pub racks: u32,
+    /// A CPU budget every flow shares (bytes per second).
+    pub shared_cpu: Option<f64>,
+    /// mDNS within racks.
+    pub mdns: bool,
+    /// DHT lookup interval.
+    pub lookup_every: Nanos,
+    /// Providers per lookup.
+    pub lookup_results: u32,
+    /// DHT lookup and announce latency.
+    pub dht_latency: Nanos,
+    /// Most peers per fetch.
+    pub max_peers: usize,
+    /// Have-map refresh interval.
+    pub have_refresh: Nanos,
+    /// Least time between rate recomputations.
+    pub recompute_gap: Nanos,
+    /// Answers a host sends at once (the daemon's 64 MiB answer budget in pieces).
+    pub serve_slots: u32,
+    /// Stop after this much simulated time.
+    pub time_limit: Nanos,
+    /// Seed of all random choices.
+    pub seed: u64,
+}
+
+/// What happened to one host.
+#[derive(Debug, Clone)]
+pub struct HostOutcome {
+    /// Its description.
+    pub spec: HostSpec,
+    /// When it finished (fetchers).
+    pub done: Option<Nanos>,
+    /// It left before finishing.
+    pub left: bool,
+    /// Bytes it sent.
+    pub uploaded: u64,
+    /// Bytes it received (including duplicates and corrupt answers).
+    pub downloaded: u64,
+    /// Bytes it verified and kept: each piece once.
+    pub verified: u64,
+    /// It ended with every byte of the model.
+    pub has_everything: bool,
+    /// Peers it banned for corrupt data.
+    pub banned: u32,
+}
+
+/// The result of a run.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    /// Per host.
+    pub hosts: Vec<HostOutcome>,
+    /// Bytes of the model.
+    pub model_bytes: u64,
+    /// Bytes that crossed rack uplinks (both directions).
+    pub rack_uplink_bytes: u64,
+    /// When the simulation stopped.
+    pub end: Nanos,
+    /// Events processed.
+    pub events: u64,
+    /// Rate recomputations.
+    pub recomputations: u64,
+    /// The most flows running at once.
+    pub peak_flows: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Event {
+    Arrive(u32),
+    Leave(u32),
+    Start(u32, RequestId),
+    Wake(u32),
+    HaveTick(u32),
+    Discover(u32),
+    Lookup(u32),
+    LookupDone(u32),
+    Announce(u32),
+}
+
+#[derive(Debug)]
+enum ReqState {
+    Pending,
+    Flowing(FlowId),
+}
+
+#[derive(Debug)]
+struct Req {
+    peer: u32,
+    blob: usize,
+    ranges: ChunkRanges,
+    state: ReqState,
+}
+
+#[derive(Debug)]
+struct Fetch {
+    sched: Scheduler<u32>,
+    peers: BTreeSet<u32>,
+    /// Have-map versions last seen, per connected peer.
+    seen: BTreeMap<u32, Vec<u32>>,
+    /// Providers learned from DHT lookups.
+    providers: BTreeSet<u32>,
+    requests: BTreeMap<RequestId, Req>,
+    wake: Option<Nanos>,
+}
+
+#[derive(Debug)]
+struct Host {
+    spec: HostSpec,
+    alive: bool,
+    have: Vec<ChunkRanges>,
+    version: Vec<u32>,
+    complete: bool,
+    provider: bool,
+    fetch: Option<Box<Fetch>>,
+    /// Requests this host is serving: (receiver, request).
+    serving: BTreeSet<(u32, RequestId)>,
+    /// Hosts connected to this one as a peer.
+    watchers: BTreeSet<u32>,
+    /// Answers being sent now, and requests waiting for a turn (the daemon's answer
+    /// budget: at most `ANSWER_BUDGET` bytes of answers at once, first come first
+    /// served).
+    sending: u32,
+    waiting: std::collections::VecDeque<(u32, RequestId)>,
+    uploaded: u64,
+    downloaded: u64,
+    verified: u64,
+    done: Option<Nanos>,
+    left: bool,
+    banned: u32,
+}
+
+/// How often a fetch takes in newly discovered peers (the daemon's feed: 500 ms).
+const DISCOVER_EVERY: Nanos = 500_000_000;
+/// A corrupt answer is detected at its first chunk group.
+const CORRUPT_DETECT_BYTES: u64 = 16 * 1024;
+
+/// A simulation in progress.
+#[derive(Debug)]
+pub struct Swarm {
+    setup: Setup,
+    hosts: Vec<Host>,
+    net: Network,
+    queue: BinaryHeap<Reverse<(Nanos, u64, Event)>>,
+    seq: u64,
+    now: Nanos,
+    rng: Rng,
+    /// Hosts that announced themselves, in order.
+    provider_list: Vec<u32>,
+    flows: BTreeMap<FlowId, (u32, RequestId)>,
+    events: u64,
+    peak_flows: usize,
+    fetchers_left: usize,
+    rack_resources: Vec<ResourceId>,
+    /// Print a line per simulated second on stderr (`MODELD_SIM_TRACE=1`).
+    trace: bool,
+    /// The hosts of each rack (mDNS neighbours).
+    rack_members: Vec<Vec<u32>>,
+}
+
+impl Swarm {
+    /// Prepares a run.
+    pub fn new(setup: Setup) -> Self {
+        let n = setup.hosts.len();
+        let mut capacity = Vec::with_capacity(2 * n + 2 * setup.racks as usize + 1);
+        for h in &setup.hosts {
+            capacity.push(h.up);
+            capacity.push(h.down);
+        }
+        let mut rack_resources = Vec::new();
+        if let Some(cap) = setup.rack_uplink {
+            for _ in 0..setup.racks {
+                rack_resources.push(capacity.len() as ResourceId);
+                capacity.push(cap);
+                rack_resources.push(capacity.len() as ResourceId);
+                capacity.push(cap);
+            }
+        }
+        if let Some(cpu) = setup.shared_cpu {
+            capacity.push(cpu);
+        }
+        let net = Network::new(capacity, setup.recompute_gap);
+        let full: Vec<ChunkRanges> = setup.files.iter().map(|&s| ranges::all(s)).collect();
+        let empty = vec![ChunkRanges::empty(); setup.files.len()];
+        let hosts: Vec<Host> = setup
+            .hosts
+            .iter()
+            .map(|spec| {
+                let holds = spec.kind != Kind::Fetcher;
+                Host {
+                    spec: spec.clone(),
+                    alive: false,
+                    have: if holds { full.clone() } else { empty.clone() },
+                    version: vec![0; setup.files.len()],
+                    complete: holds,
+                    provider: false,
+                    fetch: None,
+                    serving: BTreeSet::new(),
+                    watchers: BTreeSet::new(),
+                    sending: 0,
+                    waiting: std::collections::VecDeque::new(),
+                    uploaded: 0,
+                    downloaded: 0,
+                    verified: 0,
+                    done: None,
+                    left: false,
+                    banned: 0,
+                }
+            })
+            .collect();
+        let fetchers_left = hosts
+            .iter()
+            .filter(|h| h.spec.kind == Kind::Fetcher)
+            .count();
+        let mut swarm = Self {
+            rng: Rng::new(setup.seed),
+            setup,
+            hosts,
+            net,
+            queue: BinaryHeap::new(),
+            seq: 0,
+            now: 0,
+            provider_list: Vec::new(),
+            flows: BTreeMap::new(),
+            events: 0,
+            peak_flows: 0,
+            fetchers_left,
+            rack_resources,
+            trace: std::env::var_os("MODELD_SIM_TRACE").is_some(),
+            rack_members: Vec::new(),
+        };
+        for (i, h) in swarm.hosts.iter().enumerate() {
+            let r = h.spec.rack as usize;
+            if h.spec.rack != u32::MAX {
+                if swarm.rack_members.len() <= r {
+                    swarm.rack_members.resize(r + 1, Vec::new());
+                }
+                swarm.rack_members[r].push(i as u32);
+            }
+        }
+        for i in 0..swarm.hosts.len() as u32 {
+            let spec = &swarm.hosts[i as usize].spec;
+            let (arrive, leave) = (spec.arrive, spec.leave);
+            swarm.at(arrive, Event::Arrive(i));
+            if let Some(t) = leave {
+                swarm.at(t, Event::Leave(i));
+            }
+        }
+        swarm
+    }
+
+    fn at(&mut self, t: Nanos, e: Event) {
+        self.seq += 1;
+        self.queue.push(Reverse((t, self.seq, e)));
+    }
+
+    /// Runs to the end: every fetcher done or gone, or the time limit.
+    pub fn run(mut self) -> Outcome {
+        loop {
+            let next_event = self.queue.peek().map(|Reverse((t, _, _))| *t);
+            let next_flow = self.net.next_completion();
+            let next = match (next_event, next_flow) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            // Rates are recomputed once everything due at this instant is done.
+            if let Some(due) = self.net.recompute_due(self.now)
+                && next.is_none_or(|n| n > due)
+            {
+                self.now = due;
+                self.net.recompute(due);
+                continue;
+            }
+            let Some(t) = next else { break };
+            if t > self.setup.time_limit || self.fetchers_left == 0 {
+                break;
+            }
+            if self.trace && t / 1_000_000_000 != self.now / 1_000_000_000 {
+                let verified: u64 = self.hosts.iter().map(|h| h.verified).sum();
+                let fetching = self.hosts.iter().filter(|h| h.fetch.is_some()).count();
+                let peers: usize = self
+                    .hosts
+                    .iter()
+                    .filter_map(|h| h.fetch.as_deref())
+                    .map(|f| f.peers.len())
+                    .sum();
+                let reqs: usize = self
+                    .hosts
+                    .iter()
+                    .filter_map(|h| h.fetch.as_deref())
+                    .map(|f| f.requests.len())
+                    .sum();
+                eprintln!(
+                    "t={:.0}s verified={:.1}GB flows={} fetching={} peers/fetch={:.1} requests/fetch={:.1} seed_up={:.1}GB",
+                    t as f64 / 1e9,
+                    verified as f64 / 1e9,
+                    self.net.active(),
+                    fetching,
+                    peers as f64 / fetching.max(1) as f64,
+                    reqs as f64 / fetching.max(1) as f64,
+                    self.hosts
+                        .iter()
+                        .filter(|h| h.spec.kind == Kind::Seed)
+                        .map(|h| h.uploaded)
+                        .sum::<u64>() as f64
+                        / 1e9,
+                );
+            }
+            self.now = t;
+            if next_flow == Some(t) {
+                for f in self.net.finish_until(t) {
+                    self.events += 1;
+                    self.flow_finished(f.id);
+                }
+                continue;
+            }
+            let Reverse((_, _, event)) = self.queue.pop().expect("peeked");
+            self.events += 1;
+            self.handle(event);
+            self.peak_flows = self.peak_flows.max(self.net.active());
+        }
+        self.outcome()
+    }
+
+    fn handle(&mut self, event: Event) {
+        let now = self.now;
+        match event {
+            Event::Arrive(h) => self.arrive(h),
+            Event::Leave(h) => self.leave(h),
+            Event::Start(h, id) => self.start_flow(h, id),
+            Event::Wake(h) => {
+                if let Some(f) = self.fetch_mut(h) {
+                    f.wake = None;
+                }
+                self.drive(h);
+            }
+            Event::HaveTick(h) => {
+                if self.fetch_mut(h).is_some() {
+                    self.refresh_haves(h);
+                    self.drive(h);
+                    self.at(now + self.setup.have_refresh, Event::HaveTick(h));
+                }
+            }
+            Event::Discover(h) => {
+                if self.fetch_mut(h).is_some() {
+                    self.discover(h);
+                    self.drive(h);
+                    self.at(now + DISCOVER_EVERY, Event::Discover(h));
+                }
+            }
+            Event::Lookup(h) => {
+                if self.fetch_mut(h).is_some() {
+                    self.at(now + self.setup.dht_latency, Event::LookupDone(h));
+                    self.at(now + self.setup.lookup_every, Event::Lookup(h));
+                }
+            }
+            Event::LookupDone(h) => self.lookup_done(h),
+            Event::Announce(h) => {
+                let host = &mut self.hosts[h as usize];
+                if host.alive && !host.provider {
+                    host.provider = true;
+                    self.provider_list.push(h);
+                }
+            }
+        }
+    }
+
+    fn fetch_mut(&mut self, h: u32) -> Option<&mut Fetch> {
+        self.hosts[h as usize].fetch.as_deref_mut()
+    }
+
+    fn arrive(&mut self, h: u32) {
+        let now = self.now;
+        let host = &mut self.hosts[h as usize];
+        host.alive = true;
+        match host.spec.kind {
+            Kind::Seed | Kind::Origin => {
+                host.provider = true;
+                self.provider_list.push(h);
+            }
+            Kind::Fetcher => {
+                let specs: Vec<BlobSpec> = self
+                    .setup
+                    .files
+                    .iter()
+                    .map(|&size| BlobSpec {
+                        size,
+                        present: ChunkRanges::empty(),
+                    })
+                    .collect();
+                let config = SchedulerConfig {
+                    seed: self.setup.seed ^ (u64::from(h) + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+                    ..self.setup.scheduler.clone()
+                };
+                host.fetch = Some(Box::new(Fetch {
+                    sched: Scheduler::new(&specs, config),
+                    peers: BTreeSet::new(),
+                    seen: BTreeMap::new(),
+                    providers: BTreeSet::new(),
+                    requests: BTreeMap::new(),
+                    wake: None,
+                }));
+                self.at(now, Event::Lookup(h));
+                self.at(now + self.setup.dht_latency / 4, Event::Discover(h));
+                self.at(now + self.setup.have_refresh, Event::HaveTick(h));
+            }
+        }
+    }
+
+    fn rack(&self, h: u32) -> u32 {
+        self.hosts[h as usize].spec.rack
+    }
+
+    fn rtt(&self, a: u32, b: u32) -> Nanos {
+        let (ra, rb) = (self.rack(a), self.rack(b));
+        if ra == u32::MAX || rb == u32::MAX {
+            self.setup.rtt_origin
+        } else if ra == rb {
+            self.setup.rtt_same_rack
+        } else {
+            self.setup.rtt_cross_rack
+        }
+    }
+
+    fn lookup_done(&mut self, h: u32) {
+        if self.fetch_mut(h).is_none() {
+            return;
+        }
+        let alive: Vec<u32> = self
+            .provider_list
+            .iter()
+            .copied()
+            .filter(|&p| p != h && self.hosts[p as usize].alive)
+            .collect();
+        let k = (self.setup.lookup_results as usize).min(alive.len());
+        let mut picked = BTreeSet::new();
+        if k == alive.len() {
+            picked.extend(alive.iter().copied());
+        } else {
+            while picked.len() < k {
+                picked.insert(alive[self.rng.below(alive.len() as u64) as usize]);
+            }
+        }
+        if let Some(f) = self.fetch_mut(h) {
+            f.providers.extend(picked);
+        }
+        self.discover(h);
+        self.drive(h);
+    }
+
+    /// Connects to known peers up to the cap: providers first, then nearest. At the
+    /// cap, a connected peer with nothing this fetch still needs makes room for a
+    /// provider.
+    fn discover(&mut self, h: u32) {
+        let max = self.setup.max_peers;
+        let Some(f) = self.hosts[h as usize].fetch.as_deref() else {
+            return;
+        };
+        let mut candidates: Vec<u32> = f.providers.iter().copied().collect();
+        if self.setup.mdns {
+            let rack = self.rack(h);
+            if let Some(members) = self.rack_members.get(rack as usize) {
+                candidates.extend(
+                    members
+                        .iter()
+                        .copied()
+                        .filter(|&p| self.hosts[p as usize].alive),
+                );
+            }
+        }
+        let mut candidates: Vec<(bool, Nanos, u64, u32)> = candidates
+            .into_iter()
+            .filter(|&p| {
+                p != h
+                    && self.hosts[p as usize].alive
+                    && !f.peers.contains(&p)
+                    && !f.sched.is_banned(&p)
+            })
+            .map(|p| {
+                let provider = self.hosts[p as usize].provider;
+                let tiebreak =
+                    crate::rng::mix(self.setup.seed ^ (u64::from(h) << 32) ^ u64::from(p));
+                (!provider, self.rtt(h, p), tiebreak, p)
+            })
+            .collect();
+        candidates.sort_unstable();
+        candidates.dedup_by_key(|c| c.3);
+        let mut room = max.saturating_sub(f.peers.len());
+        // At the cap, peers with nothing this fetch still needs make room for known
+        // providers (the daemon's fetch driver does the same).
+        let waiting = candidates.iter().filter(|c| !c.0).count();
+        if waiting > room {
+            let useless: Vec<u32> = f.sched.useless_peers().take(waiting - room).collect();
+            for p in useless {
+                self.disconnect(h, p);
+                room += 1;
+            }
+        }
+        let now = self.now;
+        for (_, _, _, p) in candidates.into_iter().take(room) {
+            let versions = self.hosts[p as usize].version.clone();
+            let haves: Vec<(usize, ChunkRanges)> = self.hosts[p as usize]
+                .have
+                .iter()
+                .enumerate()
+                .filter(|(_, r)| !r.is_empty())
+                .map(|(b, r)| (b, r.clone()))
+                .collect();
+            self.hosts[p as usize].watchers.insert(h);
+            let f = self.fetch_mut(h).expect("fetching");
+            f.peers.insert(p);
+            // A peer disconnected earlier starts afresh (a banned one stays out).
+            f.sched.readmit_peer(p, Duration::from_nanos(now));
+            for (b, r) in haves {
+                f.sched.peer_has(p, b, &r, Duration::from_nanos(now));
+            }
+            f.seen.insert(p, versions);
+        }
+    }
+
+    /// Closes the connection from `h` to peer `p` (its requests fail).
+    fn disconnect(&mut self, h: u32, p: u32) {
+        let now = self.now;
+        let ids: Vec<RequestId> = self
+            .fetch_mut(h)
+            .map(|f| {
+                f.requests
+                    .iter()
+                    .filter(|(_, r)| r.peer == p)
+                    .map(|(id, _)| *id)
+                    .collect()
+            })
+            .unwrap_or_default();
+        for id in ids {
+            self.end_request(h, id);
+        }
+        if let Some(f) = self.fetch_mut(h) {
+            f.sched.remove_peer(p, Duration::from_nanos(now));
+            f.peers.remove(&p);
+            f.seen.remove(&p);
+        }
+        self.hosts[p as usize].watchers.remove(&h);
+    }
+
+    fn refresh_haves(&mut self, h: u32) {
+        let now = Duration::from_nanos(self.now);
+        let peers: Vec<u32> = match self.hosts[h as usize].fetch.as_deref() {
+            Some(f) => f.peers.iter().copied().collect(),
+            None => return,
+        };
+        for p in peers {
+            let peer = &self.hosts[p as usize];
+            if !peer.alive {
+                continue;
+            }
+            let changed: Vec<(usize, ChunkRanges)> = {
+                let f = self.hosts[h as usize].fetch.as_deref().expect("fetching");
+                let seen = &f.seen[&p];
+                peer.version
+                    .iter()
+                    .enumerate()
+                    .filter(|(b, v)| seen[*b] != **v)
+                    .map(|(b, _)| (b, peer.have[b].clone()))
+                    .collect()
+            };
+            if changed.is_empty() {
+                continue;
+            }
+            let versions = peer.version.clone();
+            let f = self.fetch_mut(h).expect("fetching");
+            for (b, r) in changed {
+                f.sched.peer_has(p, b, &r, now);
+            }
+            f.seen.insert(p, versions);
+        }
+    }
+
+    /// Runs the scheduler's actions for host `h` until it has nothing more to do.
+    fn drive(&mut self, h: u32) {
+        let now = self.now;
+        loop {
+            let Some(f) = self.fetch_mut(h) else { return };
+            let Some(action) = f.sched.poll_action(Duration::from_nanos(now)) else {
+                break;
+            };
+            match action {
+                Action::Request {
+                    id,
+                    peer,
+                    blob,
+                    ranges,
+                    ..
+                } => {
+                    let p = &self.hosts[peer as usize];
+                    let failure = if !p.alive {
+                        Some(Failure::Io)
+                    } else if !ranges.is_subset(&p.have[blob]) {
+                        Some(Failure::NotPresent)
+                    } else {
+                        None
+                    };
+                    let f = self.fetch_mut(h).expect("fetching");
+                    if let Some(why) = failure {
+                        f.sched.on_failed(id, why, Duration::from_nanos(now));
+                        continue;
+                    }
+                    f.requests.insert(
+                        id,
+                        Req {
+                            peer,
+                            blob,
+                            ranges,
+                            state: ReqState::Pending,
+                        },
+                    );
+                    self.hosts[peer as usize].serving.insert((h, id));
+                    let rtt = self.rtt(h, peer);
+                    self.at(now + rtt, Event::Start(h, id));
+                }
+                Action::Cancel { id, .. } => self.end_request(h, id),
+                Action::DropPeer { peer, reason } => {
+                    let f = self.fetch_mut(h).expect("fetching");
+                    f.peers.remove(&peer);
+                    f.seen.remove(&peer);
+                    self.hosts[peer as usize].watchers.remove(&h);
+                    if reason == modeld_proto::scheduler::DropReason::Corrupt {
+                        self.hosts[h as usize].banned += 1;
+                    }
+                }
+            }
+        }
+        let next = self.hosts[h as usize]
+            .fetch
+            .as_deref()
+            .and_then(|f| f.sched.next_deadline())
+            .map(|d| d.as_nanos() as Nanos);
+        if let Some(t) = next {
+            let f = self.fetch_mut(h).expect("fetching");
+            if f.wake.is_none_or(|w| t < w) {
+                f.wake = Some(t);
+                self.at(t.max(now), Event::Wake(h));
+            }
+        }
+    }
+
+    /// Stops a request (cancelled, or its peer or fetcher is gone) and accounts for
+    /// the bytes that moved.
+    fn end_request(&mut self, h: u32, id: RequestId) {
+        let Some(f) = self.fetch_mut(h) else { return };
+        let Some(req) = f.requests.remove(&id) else {
+            return;
+        };
+        self.hosts[req.peer as usize].serving.remove(&(h, id));
+        if let ReqState::Flowing(fid) = req.state {
+            self.flows.remove(&fid);
+            let sent = self.net.remove(self.now, fid);
+            self.hosts[req.peer as usize].uploaded += sent;
+            self.hosts[h as usize].downloaded += sent;
+            self.release_slot(req.peer);
+        }
+    }
+
+    /// An answer of `peer` ended: the next waiting request gets its turn.
+    fn release_slot(&mut self, peer: u32) {
+        self.hosts[peer as usize].sending -= 1;
+        while let Some((dst, id)) = self.hosts[peer as usize].waiting.pop_front() {
+            let waiting = self.hosts[dst as usize]
+                .fetch
+                .as_deref()
+                .and_then(|f| f.requests.get(&id))
+                .is_some_and(|r| matches!(r.state, ReqState::Pending) && r.peer == peer);
+            if waiting {
+                self.begin_answer(dst, id);
+                return;
+            }
+        }
+    }
+
+    fn resources(&self, src: u32, dst: u32) -> Vec<ResourceId> {
+        let mut r = vec![2 * src, 2 * dst + 1];
+        let (rs, rd) = (self.rack(src), self.rack(dst));
+        if !self.rack_resources.is_empty() && rs != rd {
+            if rs != u32::MAX {
+                r.push(self.rack_resources[2 * rs as usize]);
+            }
+            if rd != u32::MAX {
+                r.push(self.rack_resources[2 * rd as usize + 1]);
+            }
+        }
+        if self.setup.shared_cpu.is_some() {
+            r.push((2 * self.hosts.len() + self.rack_resources.len()) as ResourceId);
+        }
+        r
+    }
+
+    fn start_flow(&mut self, h: u32, id: RequestId) {
+        let now = self.now;
+        let Some(peer) = self.hosts[h as usize]
+            .fetch
+            .as_deref()
+            .and_then(|f| f.requests.get(&id))
+            .map(|r| r.peer)
+        else {
+            return;
+        };
+        if !self.hosts[peer as usize].alive {
+            self.end_request(h, id);
+            if let Some(f) = self.fetch_mut(h) {
+                f.sched
+                    .on_failed(id, Failure::Io, Duration::from_nanos(now));
+            }
+            self.drive(h);
+            return;
+        }
+        if self.hosts[peer as usize].sending >= self.setup.serve_slots {
+            self.hosts[peer as usize].waiting.push_back((h, id));
+            return;
+        }
+        self.begin_answer(h, id);
+    }
+
+    /// `peer` starts sending the answer to request `id` of host `h`.
+    fn begin_answer(&mut self, h: u32, id: RequestId) {
+        let now = self.now;
+        let Some(req) = self.hosts[h as usize]
+            .fetch
+            .as_deref()
+            .and_then(|f| f.requests.get(&id))
+        else {
+            return;
+        };
+        let peer = req.peer;
+        let bytes = ranges::covered_bytes(&req.ranges, self.setup.files[req.blob]);
+        let bytes = if self.hosts[peer as usize].spec.corrupt {
+            bytes.min(CORRUPT_DETECT_BYTES)
+        } else {
+            bytes
+        };
+        self.hosts[peer as usize].sending += 1;
+        let resources = self.resources(peer, h);
+        let fid = self.net.add(now, resources, bytes, 0);
+        self.flows.insert(fid, (h, id));
+        if let Some(req) = self.fetch_mut(h).and_then(|f| f.requests.get_mut(&id)) {
+            req.state = ReqState::Flowing(fid);
+        }
+    }
+
+    fn flow_finished(&mut self, fid: FlowId) {
+        let now = self.now;
+        let Some((h, id)) = self.flows.remove(&fid) else {
+            return;
+        };
+        let Some(req) = self.fetch_mut(h).and_then(|f| f.requests.remove(&id)) else {
+            return;
+        };
+        let size = self.setup.files[req.blob];
+        let full = ranges::covered_bytes(&req.ranges, size);
+        let peer = req.peer;
+        self.hosts[peer as usize].serving.remove(&(h, id));
+        let corrupt = self.hosts[peer as usize].spec.corrupt;
+        let sent = if corrupt {
+            full.min(CORRUPT_DETECT_BYTES)
+        } else {
+            full
+        };
+        self.hosts[peer as usize].uploaded += sent;
+        self.hosts[h as usize].downloaded += sent;
+        self.release_slot(peer);
+        let t = Duration::from_nanos(now);
+        if corrupt {
+            self.fetch_mut(h)
+                .expect("fetching")
+                .sched
+                .on_failed(id, Failure::Corrupt, t);
+        } else {
+            self.fetch_mut(h)
+                .expect("fetching")
+                .sched
+                .on_complete(id, t);
+            let host = &mut self.hosts[h as usize];
+            if !req.ranges.is_subset(&host.have[req.blob]) {
+                let new = &req.ranges - &host.have[req.blob];
+                host.verified += ranges::covered_bytes(&new, size);
+                host.have[req.blob] |= req.ranges;
+                host.version[req.blob] += 1;
+                if !host.provider {
+                    let at = now + self.setup.dht_latency;
+                    self.at(at, Event::Announce(h));
+                }
+            }
+        }
+        let done = self.hosts[h as usize]
+            .fetch
+            .as_deref()
+            .is_some_and(|f| f.sched.is_done());
+        if done {
+            self.finish(h);
+        } else {
+            self.drive(h);
+        }
+    }
+
+    fn finish(&mut self, h: u32) {
+        let ids: Vec<RequestId> = self
+            .fetch_mut(h)
+            .map(|f| f.requests.keys().copied().collect())
+            .unwrap_or_default();
+        for id in ids {
+            self.end_request(h, id);
+        }
+        let host = &mut self.hosts[h as usize];
+        host.complete = true;
+        host.done = Some(self.now);
+        if let Some(f) = host.fetch.take() {
+            for p in f.peers {
+                self.hosts[p as usize].watchers.remove(&h);
+            }
+        }
+        self.fetchers_left -= 1;
+    }
+
+    fn leave(&mut self, h: u32) {
+        let now = self.now;
+        if !self.hosts[h as usize].alive {
+            return;
+        }
+        // Its own fetch stops.
+        if self.hosts[h as usize].fetch.is_some() {
+            let ids: Vec<RequestId> = self
+                .fetch_mut(h)
+                .map(|f| f.requests.keys().copied().collect())
+                .unwrap_or_default();
+            for id in ids {
+                self.end_request(h, id);
+            }
+            if let Some(f) = self.hosts[h as usize].fetch.take() {
+                for p in f.peers {
+                    self.hosts[p as usize].watchers.remove(&h);
+                }
+            }
+            self.hosts[h as usize].left = true;
+            self.fetchers_left -= 1;
+        }
+        self.hosts[h as usize].alive = false;
+        // Everyone it was serving sees the connection break.
+        let serving: Vec<(u32, RequestId)> =
+            self.hosts[h as usize].serving.iter().copied().collect();
+        let watchers: Vec<u32> = std::mem::take(&mut self.hosts[h as usize].watchers)
+            .into_iter()
+            .collect();
+        for (dst, id) in serving {
+            self.end_request(dst, id);
+            if let Some(f) = self.fetch_mut(dst) {
+                f.sched
+                    .on_failed(id, Failure::Io, Duration::from_nanos(now));
+            }
+        }
+        for w in watchers {
+            if let Some(f) = self.fetch_mut(w) {
+                f.sched.remove_peer(h, Duration::from_nanos(now));
+                f.peers.remove(&h);
+                f.seen.remove(&h);
+            }
+            self.drive(w);
+        }
+    }
+
+    fn outcome(self) -> Outcome {
+        let model_bytes: u64 = self.setup.files.iter().sum();
+        let rack_uplink_bytes = self
+            .rack_resources
+            .iter()
+            .map(|&r| self.net.carried(r) as u64)
+            .sum();
+        let files = &self.setup.files;
+        Outcome {
+            hosts: self
+                .hosts
+                .into_iter()
+                .map(|h| HostOutcome {
+                    has_everything: h
+                        .have
+                        .iter()
+                        .zip(files)
+                        .all(|(r, &s)| ranges::is_complete(r, s)),
+                    spec: h.spec,
+                    done: h.done,
+                    left: h.left,
+                    uploaded: h.uploaded,
+                    downloaded: h.downloaded,
+                    verified: h.verified,
+                    banned: h.banned,
+                })
+                .collect(),
+            model_bytes,
+            rack_uplink_bytes,
+            end: self.now,
+            events: self.events,
+            recomputations: self.net.recomputations(),
+            peak_flows: self.peak_flows,
+        }
+    }
+}
