@@ -265,18 +265,8 @@ pub struct Stats {
 
 /// Computes the summary of an outcome.
 pub fn stats(o: &Outcome) -> Stats {
-    let honest: Vec<_> = o
-        .hosts
-        .iter()
-        .filter(|h| h.spec.kind == Kind::Fetcher && !h.spec.corrupt && h.spec.leave.is_none())
-        .collect();
-    let first = o
-        .hosts
-        .iter()
-        .filter(|h| h.spec.kind == Kind::Fetcher)
-        .map(|h| h.spec.arrive)
-        .min()
-        .unwrap_or(0);
+    let honest: Vec<_> = o.hosts.iter().filter(|h| h.is_counted()).collect();
+    let first = o.first_arrival();
     let mut durations: Vec<f64> = honest
         .iter()
         .filter_map(|h| h.done.map(|d| (d - h.spec.arrive) as f64 / 1e9))

@@ -98,24 +98,18 @@ pub fn summary(name: &str, o: &Outcome, s: &Stats, bound: &Bound) -> String {
 
 /// An SVG plot: honest fetchers finished over time, with the lower bound marked.
 pub fn svg(name: &str, o: &Outcome, bound: &Bound) -> String {
-    let first = o
-        .hosts
-        .iter()
-        .filter(|h| h.spec.kind == Kind::Fetcher)
-        .map(|h| h.spec.arrive)
-        .min()
-        .unwrap_or(0);
+    let first = o.first_arrival();
     let mut done: Vec<f64> = o
         .hosts
         .iter()
-        .filter(|h| h.spec.kind == Kind::Fetcher && !h.spec.corrupt && h.spec.leave.is_none())
+        .filter(|h| h.is_counted())
         .filter_map(|h| h.done.map(|d| (d - first) as f64 / 1e9))
         .collect();
     done.sort_by(f64::total_cmp);
     let mut arrived: Vec<f64> = o
         .hosts
         .iter()
-        .filter(|h| h.spec.kind == Kind::Fetcher && !h.spec.corrupt && h.spec.leave.is_none())
+        .filter(|h| h.is_counted())
         .map(|h| (h.spec.arrive - first) as f64 / 1e9)
         .collect();
     arrived.sort_by(f64::total_cmp);

@@ -127,6 +127,13 @@ pub struct HostOutcome {
     pub banned: u32,
 }
 
+impl HostOutcome {
+    /// An honest fetcher that stays: the hosts completion statistics are about.
+    pub fn is_counted(&self) -> bool {
+        self.spec.kind == Kind::Fetcher && !self.spec.corrupt && self.spec.leave.is_none()
+    }
+}
+
 /// The result of a run.
 #[derive(Debug, Clone)]
 pub struct Outcome {
@@ -237,6 +244,18 @@ pub struct Swarm {
     trace: bool,
     /// The hosts of each rack (mDNS neighbours).
     rack_members: Vec<Vec<u32>>,
+}
+
+impl Outcome {
+    /// When the first fetcher arrived.
+    pub fn first_arrival(&self) -> Nanos {
+        self.hosts
+            .iter()
+            .filter(|h| h.spec.kind == Kind::Fetcher)
+            .map(|h| h.spec.arrive)
+            .min()
+            .unwrap_or(0)
+    }
 }
 
 impl Swarm {
@@ -357,35 +376,7 @@ impl Swarm {
                 break;
             }
             if self.trace && t / 1_000_000_000 != self.now / 1_000_000_000 {
-                let verified: u64 = self.hosts.iter().map(|h| h.verified).sum();
-                let fetching = self.hosts.iter().filter(|h| h.fetch.is_some()).count();
-                let peers: usize = self
-                    .hosts
-                    .iter()
-                    .filter_map(|h| h.fetch.as_deref())
-                    .map(|f| f.peers.len())
-                    .sum();
-                let reqs: usize = self
-                    .hosts
-                    .iter()
-                    .filter_map(|h| h.fetch.as_deref())
-                    .map(|f| f.requests.len())
-                    .sum();
-                eprintln!(
-                    "t={:.0}s verified={:.1}GB flows={} fetching={} peers/fetch={:.1} requests/fetch={:.1} seed_up={:.1}GB",
-                    t as f64 / 1e9,
-                    verified as f64 / 1e9,
-                    self.net.active(),
-                    fetching,
-                    peers as f64 / fetching.max(1) as f64,
-                    reqs as f64 / fetching.max(1) as f64,
-                    self.hosts
-                        .iter()
-                        .filter(|h| h.spec.kind == Kind::Seed)
-                        .map(|h| h.uploaded)
-                        .sum::<u64>() as f64
-                        / 1e9,
-                );
+                self.trace_line(t);
             }
             self.now = t;
             if next_flow == Some(t) {
@@ -401,6 +392,36 @@ impl Swarm {
             self.peak_flows = self.peak_flows.max(self.net.active());
         }
         self.outcome()
+    }
+
+    /// One line of `MODELD_SIM_TRACE` output.
+    fn trace_line(&self, t: Nanos) {
+        let fetches: Vec<&Fetch> = self
+            .hosts
+            .iter()
+            .filter_map(|h| h.fetch.as_deref())
+            .collect();
+        let mean = |f: fn(&Fetch) -> usize| {
+            fetches.iter().map(|x| f(x)).sum::<usize>() as f64 / fetches.len().max(1) as f64
+        };
+        let gb = |kind: Option<Kind>, f: fn(&Host) -> u64| {
+            self.hosts
+                .iter()
+                .filter(|h| kind.is_none_or(|k| h.spec.kind == k))
+                .map(f)
+                .sum::<u64>() as f64
+                / 1e9
+        };
+        eprintln!(
+            "t={:.0}s verified={:.1}GB flows={} fetching={} peers/fetch={:.1} requests/fetch={:.1} seed_up={:.1}GB",
+            t as f64 / 1e9,
+            gb(None, |h| h.verified),
+            self.net.active(),
+            fetches.len(),
+            mean(|f| f.peers.len()),
+            mean(|f| f.requests.len()),
+            gb(Some(Kind::Seed), |h| h.uploaded),
+        );
     }
 
     fn handle(&mut self, event: Event) {
