@@ -1020,6 +1020,66 @@ mod tests {
     }
 
     #[test]
+    fn a_peer_with_nothing_left_to_give_is_useless() {
+        let mut s = Scheduler::new(&[spec(2 * MIB)], SchedulerConfig::default());
+        for p in [1, 2, 3] {
+            s.add_peer(p, T0);
+        }
+        // Peer 1 has everything, peer 2 only the first piece, peer 3 nothing.
+        s.peer_has(1, 0, &ChunkRanges::all(), T0);
+        s.peer_has(2, 0, &ranges::from_bytes(0..MIB), T0);
+        let useless: Vec<u32> = s.useless_peers().collect();
+        assert_eq!(useless, [3]);
+        // Once the first piece is done (from whoever), peer 2 has nothing left to give.
+        let first = all_requests(&mut s, T0)
+            .into_iter()
+            .map(|a| req(&a))
+            .find(|r| r.3 == ranges::from_bytes(0..MIB))
+            .unwrap();
+        s.on_complete(first.0, Duration::from_millis(10));
+        let useless: Vec<u32> = s.useless_peers().collect();
+        assert!(useless.contains(&2) && useless.contains(&3), "{useless:?}");
+        assert!(!useless.contains(&1));
+    }
+
+    #[test]
+    fn a_peer_gets_no_more_than_its_byte_budget() {
+        // Before its rate is known: 4 MiB, here two 2 MiB pieces though the window is 4.
+        let big = SchedulerConfig {
+            piece_bytes: 2 * MIB,
+            ..SchedulerConfig::default()
+        };
+        let mut s = Scheduler::new(&[spec(64 * MIB)], big);
+        s.add_peer(1, T0);
+        s.peer_has(1, 0, &ChunkRanges::all(), T0);
+        assert_eq!(all_requests(&mut s, T0).len(), 2);
+
+        // Measured: four 64 KiB requests served together in one second = 256 KiB/s, so
+        // a second's worth is four requests, though the window has grown to five.
+        let small = SchedulerConfig {
+            piece_bytes: 64 * 1024,
+            ..SchedulerConfig::default()
+        };
+        let mut s = Scheduler::new(&[spec(64 * MIB)], small);
+        s.add_peer(1, T0);
+        s.peer_has(1, 0, &ChunkRanges::all(), T0);
+        let first = all_requests(&mut s, T0);
+        assert_eq!(first.len(), 4, "the initial window");
+        let now = Duration::from_secs(1);
+        for a in &first {
+            s.on_complete(req(a).0, now);
+        }
+        assert_eq!(s.peers[&1].window, 5);
+        // (Completions that arrive together count fewer concurrent requests each time,
+        // so the estimate errs low here: 175 KiB/s, three requests.)
+        let n = all_requests(&mut s, now).len();
+        assert!(
+            (1..=4).contains(&n),
+            "{n} requests: more than a second of work"
+        );
+    }
+
+    #[test]
     fn same_seed_same_decisions() {
         let run = |seed| {
             let cfg = SchedulerConfig {
