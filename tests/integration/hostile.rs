@@ -903,3 +903,68 @@ print(json.dumps({p: scan_file_path(p).infected_files > 0 for p in sys.argv[1:]}
         ]
     );
 }
+
+#[test]
+fn a_signed_manifest_with_a_wrong_size_is_refused_on_export_and_fetch() {
+    use modeld_core::{
+        Envelope, Manifest, ManifestFile, ManifestHeader, SecretKey, format::FileFormat,
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let d = Daemon::start(&tmp.path().join("node"));
+    let (key, _) = trusted_key(&d, tmp.path(), "org/");
+    let model = tmp.path().join("model");
+    std::fs::create_dir_all(&model).unwrap();
+    let bytes = vec![7u8; 100_000];
+    std::fs::write(model.join("weights.bin"), &bytes).unwrap();
+    d.ctl_ok(&[
+        "publish",
+        model.to_str().unwrap(),
+        "--name",
+        "org/real",
+        "--version",
+        "1",
+        "--key",
+        key.to_str().unwrap(),
+    ]);
+    // A trusted key signs a manifest naming the same blob with one byte more.
+    let signer = SecretKey::generate();
+    let public = signer.public().to_string();
+    d.ctl_ok(&["trust", "add", &public, "--scope", "org/"]);
+    let m = Manifest::new(
+        ManifestHeader {
+            name: "org/sized".parse().unwrap(),
+            version: "1".parse().unwrap(),
+            sequence: 1,
+            created: 1_000,
+            expires: None,
+            publisher: signer.public(),
+            allow_pickle: false,
+        },
+        vec![ManifestFile {
+            path: "weights.bin".parse().unwrap(),
+            size: bytes.len() as u64 + 1,
+            blake3: modeld_core::Hash::of(&bytes),
+            format: FileFormat::Other,
+        }],
+    )
+    .unwrap();
+    let file = tmp.path().join("sized.json");
+    std::fs::write(&file, Envelope::sign(m.to_bytes(), &signer).to_bytes()).unwrap();
+    d.ctl_ok(&["manifest", "add", file.to_str().unwrap()]);
+    let out = tmp.path().join("out");
+    let err = d.ctl_err(&["export", "org/sized:1", out.to_str().unwrap()]);
+    assert!(
+        err.contains("weights.bin: manifest says 100001 bytes but the stored blob"),
+        "{err}"
+    );
+    assert!(!out.join("weights.bin").exists());
+    // A fresh node fetching it from this one keeps nothing as verified: the peer's
+    // answers carry the blob's true size, which is not the manifest's.
+    let fresh = Daemon::start(&tmp.path().join("fresh"));
+    fresh.ctl_ok(&["trust", "add", &public, "--scope", "org/"]);
+    let err = fresh.ctl_err(&["fetch", file.to_str().unwrap(), "--peer", &d.peer_addr()]);
+    assert!(err.contains("weights.bin"), "{err}");
+    let listed = fresh.ctl_json(&["ls"]);
+    assert_eq!(listed[0]["complete_files"], 0, "{listed}");
+    assert_eq!(fresh.counter("bytes_fetched"), 0);
+}
