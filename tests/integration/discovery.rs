@@ -1,7 +1,7 @@
 //! Discovery on loopback: daemons joined through one bootstrap address find each
 //! other, resolve names through the DHT, and fetch without being told any peer.
 
-use modeld_tests::{Daemon, random_file};
+use modeld_tests::{Daemon, publish_args, random_file};
 
 #[test]
 fn fetch_by_name_through_the_dht_with_no_peer_addresses() {
@@ -23,16 +23,7 @@ fn fetch_by_name_through_the_dht_with_no_peer_addresses() {
     random_file(&model.join("extra.bin"), 5 << 20, 2);
     let k = key.to_str().unwrap();
     let m = model.to_str().unwrap();
-    let v1 = seed.ctl_ok(&[
-        "publish",
-        m,
-        "--name",
-        "org/model",
-        "--version",
-        "1",
-        "--key",
-        k,
-    ]);
+    let v1 = seed.ctl_ok(&publish_args(m, "org/model", "1", k));
 
     // `a` knows nothing but the bootstrap address: name -> manifest -> providers.
     let got = a.ctl_json(&["fetch", "org/model"]);
@@ -56,16 +47,7 @@ fn fetch_by_name_through_the_dht_with_no_peer_addresses() {
 
     // A new release: the latest is found through the DHT.
     random_file(&model.join("weights.bin"), 24 << 20, 3);
-    let v2 = seed.ctl_ok(&[
-        "publish",
-        m,
-        "--name",
-        "org/model",
-        "--version",
-        "2",
-        "--key",
-        k,
-    ]);
+    let v2 = seed.ctl_ok(&publish_args(m, "org/model", "2", k));
     assert_eq!(
         b.ctl_json(&["fetch", "org/model"])["manifest"]["id"],
         v2.trim()

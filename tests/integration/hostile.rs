@@ -9,7 +9,7 @@ use std::path::Path;
 use modeld_tests::{
     Daemon, modelctl,
     models::{Gguf, TensorInfo, Value, fixture, fixtures, safetensors},
-    trusted_key,
+    publish_args, trusted_key,
 };
 
 /// What a store holds, to prove a refusal changed nothing: the manifest list and
@@ -90,16 +90,12 @@ fn every_file_written_by_the_python_packages_is_accepted() {
     let tmp = tempfile::tempdir().unwrap();
     let d = Daemon::start(&tmp.path().join("node"));
     let (key, _) = trusted_key(&d, tmp.path(), "org/");
-    let id = d.ctl_ok(&[
-        "publish",
+    let id = d.ctl_ok(&publish_args(
         valid.to_str().unwrap(),
-        "--name",
         "org/valid",
-        "--version",
         "1",
-        "--key",
         key.to_str().unwrap(),
-    ]);
+    ));
     let shown = d.ctl_json(&["manifest", "show", id.trim()]);
     let formats: Vec<(String, String)> = shown["manifest"]["files"]
         .as_array()
@@ -916,16 +912,12 @@ fn a_signed_manifest_with_a_wrong_size_is_refused_on_export_and_fetch() {
     std::fs::create_dir_all(&model).unwrap();
     let bytes = vec![7u8; 100_000];
     std::fs::write(model.join("weights.bin"), &bytes).unwrap();
-    d.ctl_ok(&[
-        "publish",
+    d.ctl_ok(&publish_args(
         model.to_str().unwrap(),
-        "--name",
         "org/real",
-        "--version",
         "1",
-        "--key",
         key.to_str().unwrap(),
-    ]);
+    ));
     // A trusted key signs a manifest naming the same blob with one byte more.
     let signer = SecretKey::generate();
     let public = signer.public().to_string();

@@ -12,7 +12,7 @@ use std::{
 use modeld_tests::{
     bin,
     lab::{Lab, lab_or_skip},
-    random_file, reference_b3sum, wait_for,
+    publish_args, random_file, reference_b3sum, wait_for,
 };
 
 const RATE_MBIT: u32 = 200;
@@ -50,16 +50,12 @@ fn swarm(hosts: usize, files: &[(&str, u64)], mdns: bool) -> Option<Swarm> {
     for (i, (name, size)) in files.iter().enumerate() {
         random_file(&model.join(name), *size, 1000 + i as u64);
     }
-    let id = lab.daemon(0).ctl_ok(&[
-        "publish",
+    let id = lab.daemon(0).ctl_ok(&publish_args(
         model.to_str().unwrap(),
-        "--name",
         "org/model",
-        "--version",
         "1",
-        "--key",
         key.to_str().unwrap(),
-    ]);
+    ));
     // Wait until every host has found the others (mDNS) or the seed (bootstrap).
     let want = if mdns { hosts - 1 } else { 1 };
     for i in 0..hosts {
@@ -323,16 +319,10 @@ fn lab_hostile_name_records_are_ignored() {
 
     // Release 2 replaces release 1.
     random_file(&sw.model.join("weights.bin"), 8 << 20, 77);
-    let v2 = sw.lab.daemon(seed).ctl_ok(&[
-        "publish",
-        m,
-        "--name",
-        "org/model",
-        "--version",
-        "2",
-        "--key",
-        k,
-    ]);
+    let v2 = sw
+        .lab
+        .daemon(seed)
+        .ctl_ok(&publish_args(m, "org/model", "2", k));
     let v2 = v2.trim();
     // The replayer never saw release 2: it pins release 1 and announces it again.
     sw.lab

@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use modeld_tests::{Daemon, random_file, reference_b3sum, trusted_key};
+use modeld_tests::{Daemon, publish_args, random_file, reference_b3sum, trusted_key};
 
 /// The sizes where chunking goes wrong if it goes wrong anywhere.
 const SIZES: &[u64] = &[
@@ -40,16 +40,12 @@ fn publish_then_export_is_byte_identical_and_matches_b3sum() {
     let model = tmp.path().join("model");
     let files = make_model(&model);
 
-    let id = node.ctl_ok(&[
-        "publish",
+    let id = node.ctl_ok(&publish_args(
         model.to_str().unwrap(),
-        "--name",
         "org/model",
-        "--version",
         "1",
-        "--key",
         key.to_str().unwrap(),
-    ]);
+    ));
     let id = id.trim();
     assert_eq!(id.len(), 64, "publish prints the manifest id: {id:?}");
 
@@ -114,16 +110,12 @@ fn a_flipped_byte_on_disk_is_reported_by_verify_with_its_range() {
     let (key, _) = trusted_key(&node, tmp.path(), "*");
     let model = tmp.path().join("model");
     random_file(&model.join("w.bin"), 3 << 20, 9);
-    node.ctl_ok(&[
-        "publish",
+    node.ctl_ok(&publish_args(
         model.to_str().unwrap(),
-        "--name",
         "org/m",
-        "--version",
         "1",
-        "--key",
         key.to_str().unwrap(),
-    ]);
+    ));
     let hash = reference_b3sum(&model.join("w.bin"));
 
     // Rot one byte in the store's data file.
@@ -177,16 +169,7 @@ fn pin_unpin_and_gc() {
     for v in ["1", "2"] {
         let dir = tmp.path().join(format!("m{v}"));
         random_file(&dir.join("w.bin"), 100_000, v.parse().unwrap());
-        node.ctl_ok(&[
-            "publish",
-            dir.to_str().unwrap(),
-            "--name",
-            "org/m",
-            "--version",
-            v,
-            "--key",
-            k,
-        ]);
+        node.ctl_ok(&publish_args(dir.to_str().unwrap(), "org/m", v, k));
     }
     let gc = node.ctl_json(&["gc"]);
     assert_eq!(gc["blobs_removed"], 0);

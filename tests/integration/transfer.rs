@@ -13,7 +13,7 @@ use modeld_core::{Hash, SignedManifest};
 use modeld_tests::{
     Daemon, bin,
     peers::{Behaviour, FakePeer},
-    random_file, reference_b3sum,
+    publish_args, random_file, reference_b3sum,
 };
 
 /// A model of several files, a few hundred MiB in all.
@@ -63,16 +63,7 @@ fn swarm_with(n: usize, seed_args: &[&str]) -> Swarm {
     }
     let k = key.to_str().unwrap();
     let m = model.to_str().unwrap();
-    let id = seeds[0].ctl_ok(&[
-        "publish",
-        m,
-        "--name",
-        "org/model",
-        "--version",
-        "1",
-        "--key",
-        k,
-    ]);
+    let id = seeds[0].ctl_ok(&publish_args(m, "org/model", "1", k));
     let manifest = tmp.path().join("org-model-1.json");
     std::fs::write(
         &manifest,
@@ -81,16 +72,7 @@ fn swarm_with(n: usize, seed_args: &[&str]) -> Swarm {
     .unwrap();
     // The other seeds hold the same blobs (published under a mirror name) and the manifest.
     for s in &seeds[1..] {
-        s.ctl_ok(&[
-            "publish",
-            m,
-            "--name",
-            "org/mirror",
-            "--version",
-            "1",
-            "--key",
-            k,
-        ]);
+        s.ctl_ok(&publish_args(m, "org/mirror", "1", k));
         s.ctl_ok(&["manifest", "add", manifest.to_str().unwrap(), "--pin"]);
     }
     Swarm {
@@ -387,16 +369,12 @@ fn untrusted_and_rolled_back_manifests_are_refused_before_any_data_moves() {
     let v2 = sw.tmp.path().join("v2");
     std::fs::create_dir_all(&v2).unwrap();
     std::fs::write(v2.join("w.bin"), b"version two").unwrap();
-    let newer = seed.ctl_ok(&[
-        "publish",
+    let newer = seed.ctl_ok(&publish_args(
         v2.to_str().unwrap(),
-        "--name",
         "org/model",
-        "--version",
         "2",
-        "--key",
         sw.key.to_str().unwrap(),
-    ]);
+    ));
     let newer_file = sw.tmp.path().join("v2.json");
     std::fs::write(
         &newer_file,
@@ -432,16 +410,12 @@ fn a_file_no_peer_has_is_named_in_the_error() {
         small.join("tokenizer/tokenizer.json"),
     )
     .unwrap();
-    partial.ctl_ok(&[
-        "publish",
+    partial.ctl_ok(&publish_args(
         small.to_str().unwrap(),
-        "--name",
         "org/small",
-        "--version",
         "1",
-        "--key",
         sw.key.to_str().unwrap(),
-    ]);
+    ));
     let leech = sw.fetcher("leech", &[]);
     let err = leech.ctl_err(&[
         "fetch",

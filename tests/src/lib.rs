@@ -371,6 +371,25 @@ pub fn reference_b3sum(path: &Path) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
+/// The arguments of `modelctl publish DIR --name NAME --version VERSION --key KEY`.
+pub fn publish_args<'a>(
+    dir: &'a str,
+    name: &'a str,
+    version: &'a str,
+    key: &'a str,
+) -> [&'a str; 8] {
+    [
+        "publish",
+        dir,
+        "--name",
+        name,
+        "--version",
+        version,
+        "--key",
+        key,
+    ]
+}
+
 /// Generates a publisher key file in `dir` and trusts it on `daemon` for `scope`;
 /// returns the key file and the public key text.
 pub fn trusted_key(daemon: &Daemon, dir: &Path, scope: &str) -> (PathBuf, String) {
