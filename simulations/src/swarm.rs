@@ -762,14 +762,31 @@ impl Swarm {
         }
     }
 
+    /// Request `id` of host `h`, if it is still outstanding.
+    fn request(&self, h: u32, id: RequestId) -> Option<&Req> {
+        self.hosts[h as usize]
+            .fetch
+            .as_deref()
+            .and_then(|f| f.requests.get(&id))
+    }
+
+    /// The bytes the answer to `req` carries: all it asked for, or, from a corrupt
+    /// peer, the first chunk group (where verification stops it).
+    fn answer_bytes(&self, req: &Req) -> u64 {
+        let bytes = ranges::covered_bytes(&req.ranges, self.setup.files[req.blob]);
+        if self.hosts[req.peer as usize].spec.corrupt {
+            bytes.min(CORRUPT_DETECT_BYTES)
+        } else {
+            bytes
+        }
+    }
+
     /// An answer of `peer` ended: the next waiting request gets its turn.
     fn release_slot(&mut self, peer: u32) {
         self.hosts[peer as usize].sending -= 1;
         while let Some((dst, id)) = self.hosts[peer as usize].waiting.pop_front() {
-            let waiting = self.hosts[dst as usize]
-                .fetch
-                .as_deref()
-                .and_then(|f| f.requests.get(&id))
+            let waiting = self
+                .request(dst, id)
                 .is_some_and(|r| matches!(r.state, ReqState::Pending) && r.peer == peer);
             if waiting {
                 self.begin_answer(dst, id);
@@ -797,12 +814,7 @@ impl Swarm {
 
     fn start_flow(&mut self, h: u32, id: RequestId) {
         let now = self.now;
-        let Some(peer) = self.hosts[h as usize]
-            .fetch
-            .as_deref()
-            .and_then(|f| f.requests.get(&id))
-            .map(|r| r.peer)
-        else {
+        let Some(peer) = self.request(h, id).map(|r| r.peer) else {
             return;
         };
         if !self.hosts[peer as usize].alive {
@@ -824,20 +836,11 @@ impl Swarm {
     /// `peer` starts sending the answer to request `id` of host `h`.
     fn begin_answer(&mut self, h: u32, id: RequestId) {
         let now = self.now;
-        let Some(req) = self.hosts[h as usize]
-            .fetch
-            .as_deref()
-            .and_then(|f| f.requests.get(&id))
-        else {
+        let Some(req) = self.request(h, id) else {
             return;
         };
         let peer = req.peer;
-        let bytes = ranges::covered_bytes(&req.ranges, self.setup.files[req.blob]);
-        let bytes = if self.hosts[peer as usize].spec.corrupt {
-            bytes.min(CORRUPT_DETECT_BYTES)
-        } else {
-            bytes
-        };
+        let bytes = self.answer_bytes(req);
         self.hosts[peer as usize].sending += 1;
         let resources = self.resources(peer, h);
         let fid = self.net.add(now, resources, bytes, 0);
@@ -856,15 +859,10 @@ impl Swarm {
             return;
         };
         let size = self.setup.files[req.blob];
-        let full = ranges::covered_bytes(&req.ranges, size);
         let peer = req.peer;
         self.hosts[peer as usize].serving.remove(&(h, id));
         let corrupt = self.hosts[peer as usize].spec.corrupt;
-        let sent = if corrupt {
-            full.min(CORRUPT_DETECT_BYTES)
-        } else {
-            full
-        };
+        let sent = self.answer_bytes(&req);
         self.hosts[peer as usize].uploaded += sent;
         self.hosts[h as usize].downloaded += sent;
         self.release_slot(peer);
