@@ -22,9 +22,11 @@ pub mod swarm;
 
 use modeld_proto::scheduler::SchedulerConfig;
 
-/// The daemon's answer budget (`modeld_net::serve::ANSWER_BUDGET`): a host sends at
-/// most this many bytes of answers at once; other requests wait their turn.
-pub const ANSWER_BUDGET: u64 = 64 << 20;
+/// Answers a host sends at once, other requests waiting their turn: the daemon's
+/// answer budget (`modeld_net::serve::ANSWER_BUDGET`, 64 MiB) in its own 1 MiB pieces.
+/// A run with larger pieces keeps this concurrency: large pieces are a device to make
+/// big runs cheap, and should change the swarm's behaviour as little as they can.
+pub const ANSWER_SLOTS: u32 = 64;
 
 use crate::{
     flow::Nanos,
@@ -153,7 +155,7 @@ pub fn setup(s: &Scenario, piece: Option<u64>) -> anyhow::Result<Setup> {
         max_peers: d.max_peers as usize,
         have_refresh: duration(&d.have_refresh)?,
         recompute_gap: duration(&s.sim.recompute_gap)?,
-        serve_slots: u32::try_from((ANSWER_BUDGET / piece_bytes).max(1)).unwrap_or(u32::MAX),
+        serve_slots: ANSWER_SLOTS,
         time_limit: duration(&s.sim.time_limit)?,
         seed: s.seed,
     })

@@ -156,7 +156,8 @@ pub struct DiscoverySection {
     /// mDNS: every host learns of the hosts in its rack.
     #[serde(default = "yes")]
     pub mdns: bool,
-    /// How often a fetch looks up providers in the DHT (the daemon: 3s).
+    /// The longest wait between two DHT lookups for providers (the daemon: 3s; as
+    /// there, the first wait is 0.5 s and it doubles up to this).
     #[serde(default = "default_lookup")]
     pub lookup_every: String,
     /// How many providers one lookup returns (Kademlia's k: 20).

@@ -190,6 +190,8 @@ struct Fetch {
     providers: BTreeSet<u32>,
     requests: BTreeMap<RequestId, Req>,
     wake: Option<Nanos>,
+    /// The wait before the next DHT lookup.
+    lookup_wait: Nanos,
 }
 
 #[derive(Debug)]
@@ -206,7 +208,7 @@ struct Host {
     /// Hosts connected to this one as a peer.
     watchers: BTreeSet<u32>,
     /// Answers being sent now, and requests waiting for a turn (the daemon's answer
-    /// budget: at most `ANSWER_BUDGET` bytes of answers at once, first come first
+    /// budget: at most [`crate::ANSWER_SLOTS`] answers at once, first come first
     /// served).
     sending: u32,
     waiting: std::collections::VecDeque<(u32, RequestId)>,
@@ -220,6 +222,10 @@ struct Host {
 
 /// How often a fetch takes in newly discovered peers (the daemon's feed: 500 ms).
 const DISCOVER_EVERY: Nanos = 500_000_000;
+/// The wait after a fetch's first DHT lookup (the daemon's `FIRST_LOOKUP_WAIT`).
+const FIRST_LOOKUP_WAIT: Nanos = 500_000_000;
+/// The interval of `MODELD_SIM_TRACE` lines.
+const TRACE_EVERY: Nanos = 250_000_000;
 /// A corrupt answer is detected at its first chunk group.
 const CORRUPT_DETECT_BYTES: u64 = 16 * 1024;
 
@@ -375,7 +381,7 @@ impl Swarm {
             if t > self.setup.time_limit || self.fetchers_left == 0 {
                 break;
             }
-            if self.trace && t / 1_000_000_000 != self.now / 1_000_000_000 {
+            if self.trace && t / TRACE_EVERY != self.now / TRACE_EVERY {
                 self.trace_line(t);
             }
             self.now = t;
@@ -412,8 +418,31 @@ impl Swarm {
                 .sum::<u64>() as f64
                 / 1e9
         };
+        let senders = self.hosts.iter().filter(|h| h.sending > 0).count();
+        let useless = fetches
+            .iter()
+            .map(|f| f.sched.useless_peers().count())
+            .sum::<usize>() as f64
+            / fetches.len().max(1) as f64;
+        // How many fetchers hold each piece: a wide spread means rarest-first is not
+        // working across the swarm.
+        let piece = self.setup.scheduler.piece_bytes;
+        let mut holders = Vec::new();
+        for (b, &size) in self.setup.files.iter().enumerate() {
+            for start in (0..size).step_by(piece as usize) {
+                let r = ranges::from_bytes(start..(start + piece).min(size));
+                holders.push(
+                    self.hosts
+                        .iter()
+                        .filter(|h| h.spec.kind == Kind::Fetcher && r.is_subset(&h.have[b]))
+                        .count(),
+                );
+            }
+        }
+        holders.sort_unstable();
+        let at = |q: usize| holders.get(holders.len() * q / 100).copied().unwrap_or(0);
         eprintln!(
-            "t={:.0}s verified={:.1}GB flows={} fetching={} peers/fetch={:.1} requests/fetch={:.1} seed_up={:.1}GB",
+            "t={:.2}s verified={:.1}GB flows={} senders={senders} fetching={} peers/fetch={:.1} useless/fetch={useless:.1} requests/fetch={:.1} seed_up={:.1}GB piece_holders(min/p10/p50)={}/{}/{}",
             t as f64 / 1e9,
             gb(None, |h| h.verified),
             self.net.active(),
@@ -421,6 +450,9 @@ impl Swarm {
             mean(|f| f.peers.len()),
             mean(|f| f.requests.len()),
             gb(Some(Kind::Seed), |h| h.uploaded),
+            at(0),
+            at(10),
+            at(50),
         );
     }
 
@@ -453,7 +485,13 @@ impl Swarm {
             Event::Lookup(h) => {
                 if self.fetch_mut(h).is_some() {
                     self.at(now + self.setup.dht_latency, Event::LookupDone(h));
-                    self.at(now + self.setup.lookup_every, Event::Lookup(h));
+                    // As the daemon: again after 0.5 s, then the wait doubles up to
+                    // `lookup_every` (the first answers of a burst name few providers).
+                    let every = self.setup.lookup_every;
+                    let f = self.fetch_mut(h).expect("fetching");
+                    let wait = f.lookup_wait.min(every);
+                    f.lookup_wait = wait * 2;
+                    self.at(now + wait, Event::Lookup(h));
                 }
             }
             Event::LookupDone(h) => self.lookup_done(h),
@@ -501,6 +539,7 @@ impl Swarm {
                     providers: BTreeSet::new(),
                     requests: BTreeMap::new(),
                     wake: None,
+                    lookup_wait: FIRST_LOOKUP_WAIT,
                 }));
                 self.at(now, Event::Lookup(h));
                 self.at(now + self.setup.dht_latency / 4, Event::Discover(h));
@@ -511,6 +550,12 @@ impl Swarm {
 
     fn rack(&self, h: u32) -> u32 {
         self.hosts[h as usize].spec.rack
+    }
+
+    /// Whether `a` and `b` share a rack (for the daemon: a subnet).
+    fn is_near(&self, a: u32, b: u32) -> bool {
+        let r = self.rack(a);
+        r != u32::MAX && r == self.rack(b)
     }
 
     fn rtt(&self, a: u32, b: u32) -> Nanos {
@@ -587,6 +632,17 @@ impl Swarm {
             .collect();
         candidates.sort_unstable();
         candidates.dedup_by_key(|c| c.3);
+        // Same-rack peers take at most half the slots, leaving room for providers
+        // elsewhere, whose pieces differ more (the daemon caps same-subnet peers alike).
+        let near_cap = max / 2;
+        let mut near = f.peers.iter().filter(|&&q| self.is_near(h, q)).count();
+        candidates.retain(|c| {
+            if !self.is_near(h, c.3) {
+                return true;
+            }
+            near += 1;
+            near <= near_cap
+        });
         let mut room = max.saturating_sub(f.peers.len());
         // At the cap, peers with nothing this fetch still needs make room for known
         // providers (the daemon's fetch driver does the same).
@@ -597,6 +653,16 @@ impl Swarm {
                 self.disconnect(h, p);
                 room += 1;
             }
+        }
+        // Then the slowest peer, one per round (the daemon's fetch driver does the same).
+        if waiting > room
+            && let Some(p) = self.hosts[h as usize]
+                .fetch
+                .as_deref()
+                .and_then(|f| f.sched.slow_peer())
+        {
+            self.disconnect(h, p);
+            room += 1;
         }
         let now = self.now;
         for (_, _, _, p) in candidates.into_iter().take(room) {

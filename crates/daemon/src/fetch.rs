@@ -17,7 +17,7 @@ use modeld_core::{Hash, NameRef, SignedManifest};
 use modeld_net::{
     PeerAddr,
     discovery::Discovery,
-    fetch::{FetchError, FetchOptions},
+    fetch::{Discovered, FetchError, FetchOptions},
 };
 use modeld_store::{AddManifestError, StoredManifest, TempTag, unix_now};
 use tokio::sync::mpsc;
@@ -328,6 +328,14 @@ fn resolve_in_dht(
     (best.map(|(_, e)| e), refused)
 }
 
+/// The wait after a fetch's first DHT lookup for providers; it doubles after each
+/// lookup up to [`LOOKUP_EVERY`]. The first answers in a burst name few providers (the
+/// seeds), so the next ones come soon (measured in the swarm simulator: see
+/// `docs/simulations/README.md`).
+const FIRST_LOOKUP_WAIT: Duration = Duration::from_millis(500);
+/// The longest wait between two lookups for providers.
+const LOOKUP_EVERY: Duration = Duration::from_secs(3);
+
 /// Data-plane addresses of peers that announced `key`, waiting briefly for connections
 /// to tell their addresses.
 async fn providers_of(discovery: &Discovery, key: Hash) -> Vec<PeerAddr> {
@@ -359,9 +367,10 @@ async fn providers_of(discovery: &Discovery, key: Hash) -> Vec<PeerAddr> {
 
 /// Feeds the fetch with peers as they become known: every peer with a data-plane
 /// address (nearest first), and the providers of the model's blobs and manifest.
-async fn feed_peers(discovery: Discovery, keys: Vec<Hash>, found: mpsc::Sender<PeerAddr>) {
+async fn feed_peers(discovery: Discovery, keys: Vec<Hash>, found: mpsc::Sender<Discovered>) {
     let mut sent: BTreeSet<SocketAddr> = BTreeSet::new();
     let mut next_lookup = Instant::now();
+    let mut lookup_wait = FIRST_LOOKUP_WAIT;
     let mut next_resend = Instant::now() + Duration::from_secs(5);
     // Who announced the model's blobs in the DHT: offered before peers known only as
     // neighbours, so a fetch at its peer limit is not filled with hosts holding nothing.
@@ -380,9 +389,12 @@ async fn feed_peers(discovery: Discovery, keys: Vec<Hash>, found: mpsc::Sender<P
             if let Some(addr) = p.data
                 && sent.insert(addr)
                 && found
-                    .send(PeerAddr {
-                        id: Some(p.id),
-                        addr,
+                    .send(Discovered {
+                        peer: PeerAddr {
+                            id: Some(p.id),
+                            addr,
+                        },
+                        near: p.near,
                     })
                     .await
                     .is_err()
@@ -393,7 +405,8 @@ async fn feed_peers(discovery: Discovery, keys: Vec<Hash>, found: mpsc::Sender<P
         // Looked up after offering, so the first peers are offered at once; the
         // providers found order the next offers.
         if Instant::now() >= next_lookup {
-            next_lookup = Instant::now() + Duration::from_secs(3);
+            next_lookup = Instant::now() + lookup_wait;
+            lookup_wait = (lookup_wait * 2).min(LOOKUP_EVERY);
             let mut lookups = tokio::task::JoinSet::new();
             for k in keys.iter().copied() {
                 let d = discovery.clone();

@@ -33,6 +33,8 @@ use crate::{
 const TICK: Duration = Duration::from_millis(250);
 /// How often an incomplete peer is asked again what it has.
 const HAVE_REFRESH: Duration = Duration::from_secs(1);
+/// Least time between two replacements of a slow peer by a newly offered one.
+const ROTATE_EVERY: Duration = Duration::from_millis(500);
 /// How long the fetch waits, with nothing in flight and nobody holding a missing
 /// piece, before giving up.
 const STUCK_GRACE: Duration = Duration::from_secs(3);
@@ -99,12 +101,26 @@ pub const MAX_PEERS: usize = 32;
 /// with what is missing) before it gives up: long enough for a cut link to come back.
 pub const DISCOVERY_PATIENCE: Duration = Duration::from_secs(60);
 
+/// Most peers on this host's own subnet one fetch connects to: the other slots stay
+/// for peers elsewhere, whose pieces differ more from ours (peers in one rack or LAN
+/// trade among themselves and end up holding the same pieces).
+pub const MAX_NEAR_PEERS: usize = MAX_PEERS / 2;
+
+/// A peer found by discovery while a fetch runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Discovered {
+    /// Its id and data-plane address.
+    pub peer: PeerAddr,
+    /// On this host's own subnet (see [`MAX_NEAR_PEERS`]).
+    pub near: bool,
+}
+
 /// Where a fetch finds peers and whom it tells about progress.
 pub struct FetchOptions<'a> {
     /// Peers to use from the start.
     pub peers: &'a [PeerAddr],
     /// Peers found while the fetch runs (discovery); `None` for a fixed set.
-    pub discovered: Option<mpsc::Receiver<PeerAddr>>,
+    pub discovered: Option<mpsc::Receiver<Discovered>>,
     /// Called with bytes done, bytes in all, live peers.
     pub progress: &'a ProgressFn<'a>,
     /// Called once per blob when its first verified piece is stored (announce it).
@@ -244,9 +260,11 @@ pub async fn fetch(
             let _ = tx.send(event).await;
         });
     };
-    let mut known: BTreeSet<std::net::SocketAddr> = BTreeSet::new();
+    // Peers connected or being connected, by address: whether each is near (peers
+    // given at the start count as far).
+    let mut known: BTreeMap<std::net::SocketAddr, bool> = BTreeMap::new();
     for &peer in peers {
-        if known.insert(peer.addr) {
+        if known.insert(peer.addr, false).is_none() {
             connect(peer);
         }
     }
@@ -258,6 +276,7 @@ pub async fn fetch(
     let mut complete_peers: BTreeSet<(PublicKey, usize)> = BTreeSet::new();
     let mut have_inflight: BTreeSet<(PublicKey, usize)> = BTreeSet::new();
     let mut last_refresh = Instant::now();
+    let mut last_rotation = Instant::now();
     let mut tasks: BTreeMap<u64, AbortHandle> = BTreeMap::new();
     let mut dropped: BTreeMap<PublicKey, String> = BTreeMap::new();
     let mut stuck_since: Option<Duration> = None;
@@ -418,27 +437,42 @@ pub async fn fetch(
         };
         tokio::select! {
             found = next_discovered => match found {
-                Some(peer) => {
+                Some(Discovered { peer, near }) => {
+                    let near_full =
+                        near && known.values().filter(|n| **n).count() >= MAX_NEAR_PEERS;
                     let fresh = peer.id != Some(net.node_id())
                         && !peer.id.is_some_and(|id| conns.contains_key(&id))
-                        && !known.contains(&peer.addr);
+                        && !known.contains_key(&peer.addr)
+                        && !near_full;
                     // At the limit, a connected peer with nothing this fetch still needs
-                    // (its have-maps known) makes room for the newcomer, which might.
+                    // (its have-maps known) makes room for the newcomer, which might;
+                    // failing that, now and then the slowest peer does (see
+                    // `Scheduler::slow_peer`).
                     if fresh && known.len() >= MAX_PEERS {
-                        let useless = sched.useless_peers().find(|id| {
+                        let idle = |id: &PublicKey| {
                             !have_inflight.iter().any(|(p, _)| p == id) && conns.contains_key(id)
-                        });
-                        if let Some(id) = useless
+                        };
+                        let (victim, why) = match sched.useless_peers().find(idle) {
+                            Some(id) => (Some(id), "nothing needed"),
+                            None if last_rotation.elapsed() >= ROTATE_EVERY => {
+                                (sched.slow_peer().filter(idle), "slow")
+                            }
+                            None => (None, ""),
+                        };
+                        if let Some(id) = victim
                             && let Some(c) = conns.remove(&id)
                         {
-                            tracing::debug!(peer = %id, "making room: peer has nothing we need");
+                            tracing::debug!(peer = %id, why, "making room for a new peer");
+                            if why == "slow" {
+                                last_rotation = Instant::now();
+                            }
                             known.remove(&c.addr());
-                            c.close("nothing needed");
+                            c.close(why);
                             sched.remove_peer(id, started.elapsed());
                             complete_peers.retain(|(p, _)| *p != id);
                         }
                     }
-                    if fresh && known.len() < MAX_PEERS && known.insert(peer.addr) {
+                    if fresh && known.len() < MAX_PEERS && known.insert(peer.addr, near).is_none() {
                         tracing::debug!(%peer, "discovered peer");
                         pending_connects += 1;
                         connect(peer);

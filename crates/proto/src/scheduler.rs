@@ -17,8 +17,15 @@
 //!   the bytes in flight to it are also kept under what it delivers in
 //!   [`SchedulerConfig::queue_target`]: a peer shared by many fetchers (a seed at the
 //!   start of a burst) is not handed pieces it will take long to send, which stay
-//!   free for peers that can send them sooner. Before that, a peer gets
-//!   [`SchedulerConfig::initial_peer_bytes`] (the same bytes whatever the piece size).
+//!   free for peers that can send them sooner. On a fast link that target shrinks so
+//!   that all peers' budgets together stay within [`SchedulerConfig::queue_share`] of
+//!   the in-flight allowance: otherwise requests waiting at busy peers use it up and
+//!   the link idles (bytes in flight = rate x wait). Before its rate is measured, a
+//!   peer gets [`SchedulerConfig::initial_peer_bytes`] (the same bytes whatever the
+//!   piece size).
+//! - **Peer rotation** (done by the driver, decided here): at the peer limit, peers
+//!   with nothing left to give ([`Scheduler::useless_peers`]) and then the slowest
+//!   ([`Scheduler::slow_peer`]) make room for untried ones.
 //! - **Endgame**: once every missing piece is requested, idle peers duplicate the
 //!   oldest outstanding requests (at most [`SchedulerConfig::max_duplicates`] per
 //!   piece); the first to complete wins and the others are cancelled.
@@ -33,6 +40,14 @@ use std::{
 };
 
 use modeld_core::ranges::{self, CHUNK_BYTES, CHUNK_GROUP_BYTES, ChunkNum, ChunkRanges};
+
+/// A peer delivering under this fraction of the median rate is
+/// [`Scheduler::slow_peer`].
+pub const SLOW_PEER_FRACTION: f64 = 0.9;
+
+/// A request outstanding for this many queue targets is late: a peer with nothing
+/// else to send may duplicate it (see [`Scheduler`]'s endgame).
+pub const LATE_FACTOR: f64 = 2.0;
 
 /// Identifies a request issued by the scheduler.
 pub type RequestId = u64;
@@ -65,6 +80,9 @@ pub struct SchedulerConfig {
     pub queue_target: Duration,
     /// Bytes in flight to a peer whose rate is not yet measured (at least one piece).
     pub initial_peer_bytes: u64,
+    /// The share of [`SchedulerConfig::max_inflight_bytes`] that the rate-based
+    /// budgets of all peers together aim at (the queue target is shortened to fit).
+    pub queue_share: f64,
 }
 
 impl Default for SchedulerConfig {
@@ -82,6 +100,7 @@ impl Default for SchedulerConfig {
             seed: 0x6d6f_6465_6c64,
             queue_target: Duration::from_secs(1),
             initial_peer_bytes: 4 << 20,
+            queue_share: 0.5,
         }
     }
 }
@@ -184,6 +203,7 @@ struct Peer {
     inflight_bytes: u64,
     /// Measured delivery rate (bytes per second), once a request has completed.
     rate: Option<f64>,
+    meter: Meter,
     /// Pieces it has that are not yet done here.
     useful: u32,
     /// Pieces it has that are missing here (not requested from anyone).
@@ -196,6 +216,47 @@ struct Peer {
     delivered: u64,
     /// Pieces whose request to this peer failed; others are asked first.
     failed: BTreeSet<usize>,
+}
+
+/// Measures a peer's delivery rate while it has requests in flight: bytes completed
+/// over the time they took, sampled once the completions at one instant are all in
+/// (several requests often complete together; counting each alone would err low).
+#[derive(Debug, Clone, Copy, Default)]
+struct Meter {
+    /// Start of the interval being measured.
+    start: Duration,
+    /// The latest completion.
+    last: Duration,
+    /// Bytes completed after `start`, up to and including `last`.
+    bytes: u64,
+}
+
+impl Meter {
+    fn start(now: Duration) -> Self {
+        Self {
+            start: now,
+            last: now,
+            bytes: 0,
+        }
+    }
+
+    /// `bytes` completed at `now` (`idle`: nothing else is in flight). Returns a rate
+    /// sample when an interval closes: at the first completion of a later instant, or
+    /// when the peer falls idle.
+    fn delivered(&mut self, bytes: u64, now: Duration, idle: bool) -> Option<f64> {
+        let mut sample = None;
+        if now > self.last && self.last > self.start {
+            sample = Some(self.bytes as f64 / (self.last - self.start).as_secs_f64());
+            *self = Self::start(self.last);
+        }
+        self.bytes += bytes;
+        self.last = self.last.max(now);
+        if idle && self.last > self.start {
+            sample = Some(self.bytes as f64 / (self.last - self.start).as_secs_f64());
+            *self = Self::start(self.last);
+        }
+        sample
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -327,6 +388,13 @@ impl<P: Ord + Copy + Debug> Scheduler<P> {
         self.requests.len()
     }
 
+    /// Whether the fetch is short of work: under half its in-flight allowance is in
+    /// use (after [`Scheduler::poll_action`] had nothing more to issue, this means its
+    /// peers hold too little it needs; a driver refreshes their have-maps sooner).
+    pub fn starving(&self) -> bool {
+        self.inflight_bytes < self.config.max_inflight_bytes / 2
+    }
+
     /// Whether `peer` is banned.
     pub fn is_banned(&self, peer: &P) -> bool {
         self.peers.get(peer).is_some_and(|p| p.banned)
@@ -344,6 +412,27 @@ impl<P: Ord + Copy + Debug> Scheduler<P> {
             .iter()
             .filter(|(_, p)| !p.banned && !p.gone && p.useful == 0 && p.inflight.is_empty())
             .map(|(k, _)| *k)
+    }
+
+    /// The live peer that delivers slowest, if its measured rate is under
+    /// [`SLOW_PEER_FRACTION`] of the median measured rate. A driver at its peer limit
+    /// with untried peers waiting replaces it (one at a time): a peer shared by many
+    /// fetchers, or behind a slow link, makes room for one that may serve this fetch
+    /// better. Without it, the first providers a burst finds keep every fetcher's
+    /// slots while later hosts' uploads go unused.
+    pub fn slow_peer(&self) -> Option<P> {
+        let mut rates: Vec<(f64, P)> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| !p.banned && !p.gone)
+            .filter_map(|(k, p)| p.rate.map(|r| (r, *k)))
+            .collect();
+        if rates.len() < 2 {
+            return None;
+        }
+        rates.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let median = rates[rates.len() / 2].0;
+        (rates[0].0 < SLOW_PEER_FRACTION * median).then_some(rates[0].1)
     }
 
     /// If nothing is in flight and no live peer has any missing piece, the missing
@@ -375,6 +464,7 @@ impl<P: Ord + Copy + Debug> Scheduler<P> {
                 inflight: BTreeSet::new(),
                 inflight_bytes: 0,
                 rate: None,
+                meter: Meter::default(),
                 useful: 0,
                 offer: 0,
                 window: self.config.min_window,
@@ -527,15 +617,14 @@ impl<P: Ord + Copy + Debug> Scheduler<P> {
         let Some(r) = self.requests.get(&id).cloned() else {
             return;
         };
-        let (full, concurrent) = self.peers.get(&r.peer).map_or((false, 1), |p| {
-            (p.inflight.len() >= p.window, p.inflight.len())
-        });
+        let full = self
+            .peers
+            .get(&r.peer)
+            .is_some_and(|p| p.inflight.len() >= p.window);
         self.forget_request(id);
         if let Some(p) = self.peers.get_mut(&r.peer) {
-            // The peer sent this request's bytes while sending `concurrent` in all.
-            let secs = now.saturating_sub(r.sent).as_secs_f64();
-            if secs > 0.0 {
-                let sample = r.bytes as f64 * concurrent as f64 / secs;
+            let idle = p.inflight.is_empty();
+            if let Some(sample) = p.meter.delivered(r.bytes, now, idle) {
                 p.rate = Some(p.rate.map_or(sample, |old| 0.75 * old + 0.25 * sample));
             }
             p.delivered += r.bytes;
@@ -654,17 +743,22 @@ impl<P: Ord + Copy + Debug> Scheduler<P> {
             return None;
         }
         let endgame = self.missing.is_empty();
+        let target = self.queue_target();
+        let late = now.saturating_sub(Duration::from_secs_f64(LATE_FACTOR * target));
+        // Request ids grow with time: the first is the oldest.
+        let none_late = self.requests.values().next().is_none_or(|o| o.sent >= late);
         for k in 0..peers.len() {
             let peer = peers[(self.cursor + k) % peers.len()];
             let p = &self.peers[&peer];
             if p.banned || p.gone || p.inflight.len() >= p.window || p.backoff_until > now {
                 continue;
             }
-            if !endgame && p.offer == 0 {
+            // With nothing missing on offer, a peer may still take over a late request.
+            if !endgame && p.offer == 0 && none_late {
                 continue;
             }
             let budget = match p.rate {
-                Some(rate) => rate * self.config.queue_target.as_secs_f64(),
+                Some(rate) => rate * target,
                 None => self.config.initial_peer_bytes as f64,
             };
             if !p.inflight.is_empty()
@@ -674,6 +768,8 @@ impl<P: Ord + Copy + Debug> Scheduler<P> {
             }
             let piece = if endgame {
                 self.endgame_piece(&peer)
+            } else if p.offer == 0 {
+                self.late_piece(&peer, late)
             } else {
                 // A piece that failed at this peer goes to others first, unless every
                 // peer that has it failed it too.
@@ -691,6 +787,44 @@ impl<P: Ord + Copy + Debug> Scheduler<P> {
             }
         }
         None
+    }
+
+    /// Seconds of a peer's measured delivery that may be in flight to it: the
+    /// configured [`SchedulerConfig::queue_target`], shortened so that the whole
+    /// swarm's share stays within a fraction of [`SchedulerConfig::max_inflight_bytes`]
+    /// (Little's law: on a fast link a long wait at busy peers would otherwise use up
+    /// the in-flight allowance and leave the link idle).
+    fn queue_target(&self) -> f64 {
+        let total: f64 = self
+            .peers
+            .values()
+            .filter(|p| !p.banned && !p.gone)
+            .filter_map(|p| p.rate)
+            .sum();
+        let configured = self.config.queue_target.as_secs_f64();
+        if total <= 0.0 {
+            return configured;
+        }
+        configured.min(self.config.queue_share * self.config.max_inflight_bytes as f64 / total)
+    }
+
+    /// Before the endgame, for a peer with nothing missing on offer: the piece of the
+    /// oldest request sent before `late` that this peer has, if it has room for a
+    /// duplicate and the peer is not already on it. A request stuck in a busy
+    /// peer's queue would otherwise hold its piece while others could send it now.
+    fn late_piece(&self, peer: &P, late: Duration) -> Option<usize> {
+        let p = &self.peers[peer];
+        self.requests
+            .values()
+            .take_while(|o| o.sent < late)
+            .map(|o| o.piece)
+            .find(|&i| {
+                let piece = &self.pieces[i];
+                piece.state == PieceState::Requested
+                    && p.has_piece[i]
+                    && piece.requests.len() < self.config.max_duplicates
+                    && !piece.requests.iter().any(|r| p.inflight.contains(r))
+            })
     }
 
     /// In the endgame: the requested piece this peer has whose oldest request is
@@ -742,6 +876,9 @@ impl<P: Ord + Copy + Debug> Scheduler<P> {
         );
         self.inflight_bytes += bytes;
         let p = self.peers.get_mut(&peer).expect("issuing to a known peer");
+        if p.inflight.is_empty() {
+            p.meter = Meter::start(now);
+        }
         p.inflight.insert(id);
         p.inflight_bytes += bytes;
         Action::Request {
@@ -1070,12 +1207,104 @@ mod tests {
             s.on_complete(req(a).0, now);
         }
         assert_eq!(s.peers[&1].window, 5);
-        // (Completions that arrive together count fewer concurrent requests each time,
-        // so the estimate errs low here: 175 KiB/s, three requests.)
-        let n = all_requests(&mut s, now).len();
+        assert_eq!(s.peers[&1].rate, Some(256.0 * 1024.0));
+        assert_eq!(all_requests(&mut s, now).len(), 4, "a second of work");
+    }
+
+    /// Serves every request outstanding at `peer` at once, `secs` after `now`.
+    fn serve_all(s: &mut Scheduler<u32>, peer: u32, now: Duration, secs: f64) -> Duration {
+        let later = now + Duration::from_secs_f64(secs);
+        let ids: Vec<RequestId> = s.peers[&peer].inflight.iter().copied().collect();
+        for id in ids {
+            s.on_complete(id, later);
+        }
+        later
+    }
+
+    #[test]
+    fn the_slowest_peer_is_named_only_when_far_below_the_median() {
+        let mut s = Scheduler::new(&[spec(256 * MIB)], SchedulerConfig::default());
+        for p in [1, 2, 3] {
+            s.add_peer(p, T0);
+            s.peer_has(p, 0, &ChunkRanges::all(), T0);
+        }
+        assert_eq!(s.slow_peer(), None, "no rates measured yet");
+        all_requests(&mut s, T0);
+        // Peers 1 and 2 deliver their first requests in 0.1 s, peer 3 in 0.105 s: close
+        // enough to the median to keep.
+        serve_all(&mut s, 1, T0, 0.1);
+        serve_all(&mut s, 2, T0, 0.1);
+        serve_all(&mut s, 3, T0, 0.105);
+        assert_eq!(s.slow_peer(), None);
+        // Peer 3 then takes ten times as long.
+        let now = Duration::from_secs(1);
+        all_requests(&mut s, now);
+        serve_all(&mut s, 3, now, 2.0);
+        assert_eq!(s.slow_peer(), Some(3));
+        // A peer that is gone is not named.
+        s.remove_peer(3, now);
+        assert_eq!(s.slow_peer(), None);
+    }
+
+    #[test]
+    fn on_a_fast_link_the_queue_target_shrinks_to_the_inflight_allowance() {
+        // 64 MiB in flight at most; peers measured at 1 GB/s each: a second of their
+        // rate (the configured target) would be 16 times the allowance.
+        let mut s = Scheduler::new(&[spec(1024 * MIB)], SchedulerConfig::default());
+        for p in [1, 2] {
+            s.add_peer(p, T0);
+            s.peer_has(p, 0, &ChunkRanges::all(), T0);
+        }
+        assert_eq!(s.queue_target(), 1.0);
+        let mut now = T0;
+        for _ in 0..20 {
+            all_requests(&mut s, now);
+            let secs = s.peers[&1].inflight_bytes as f64 / 1e9;
+            serve_all(&mut s, 1, now, secs);
+            now = serve_all(&mut s, 2, now, secs);
+        }
+        // (Completions that arrive together make the estimate err low.)
+        let rate = s.peers[&1].rate.unwrap();
+        assert!((0.3e9..=1.5e9).contains(&rate), "rate {rate}");
+        let target = s.queue_target();
+        let expect = 0.5 * (64 * MIB) as f64 / (rate + s.peers[&2].rate.unwrap());
         assert!(
-            (1..=4).contains(&n),
-            "{n} requests: more than a second of work"
+            (target - expect).abs() < 1e-9 && target < 0.05,
+            "target {target} s"
+        );
+        all_requests(&mut s, now);
+        assert!(
+            s.peers[&1].inflight_bytes as f64 <= (rate * target).max(MIB as f64) + MIB as f64,
+            "{} bytes in flight to a peer of {rate} B/s",
+            s.peers[&1].inflight_bytes
+        );
+    }
+
+    #[test]
+    fn a_late_request_is_duplicated_at_a_peer_with_nothing_else_to_give() {
+        // Eight pieces; peer 1 has them all and gets four (its initial byte budget), so
+        // this is not yet the endgame.
+        let mut s = Scheduler::new(&[spec(8 * MIB)], SchedulerConfig::default());
+        s.add_peer(1, T0);
+        s.peer_has(1, 0, &ChunkRanges::all(), T0);
+        let at_1: Vec<_> = all_requests(&mut s, T0).iter().map(req).collect();
+        assert_eq!(at_1.len(), 4);
+        assert!(at_1.iter().any(|r| r.3 == ranges::from_bytes(0..MIB)));
+        // Peer 2 turns up with the first piece, which is already requested.
+        s.add_peer(2, T0);
+        s.peer_has(2, 0, &ranges::from_bytes(0..MIB), T0);
+        assert!(all_requests(&mut s, Duration::from_secs(1)).is_empty());
+        // Past twice the queue target (1 s), peer 1's request is late: peer 2 takes it on.
+        let now = Duration::from_millis(2500);
+        let dup: Vec<_> = all_requests(&mut s, now).iter().map(req).collect();
+        assert_eq!(dup.len(), 1);
+        assert_eq!((dup[0].1, &dup[0].3), (2, &ranges::from_bytes(0..MIB)));
+        // Peer 2 wins; peer 1's copy is cancelled.
+        s.on_complete(dup[0].0, now + Duration::from_millis(50));
+        let first = at_1.iter().find(|r| r.3 == dup[0].3).unwrap().0;
+        assert_eq!(
+            s.poll_action(now),
+            Some(Action::Cancel { id: first, peer: 1 })
         );
     }
 

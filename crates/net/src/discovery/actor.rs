@@ -282,7 +282,7 @@ impl State {
             Some(ip) => local.contains(&ip),
             None => false,
         };
-        let mut list: Vec<(bool, PeerInfo)> = self
+        let mut list: Vec<PeerInfo> = self
             .peers
             .iter()
             .filter_map(|(peer, e)| {
@@ -292,21 +292,19 @@ impl State {
                     (Some(ip), Some(port)) => Some(SocketAddr::new(ip, port)),
                     _ => None,
                 };
-                Some((
-                    near(ip),
-                    PeerInfo {
-                        id,
-                        addrs: e.addrs.iter().map(ToString::to_string).collect(),
-                        data,
-                        sources: e.sources.iter().copied().collect(),
-                        connected: e.connections > 0,
-                        rtt: e.rtt,
-                    },
-                ))
+                Some(PeerInfo {
+                    id,
+                    addrs: e.addrs.iter().map(ToString::to_string).collect(),
+                    data,
+                    sources: e.sources.iter().copied().collect(),
+                    connected: e.connections > 0,
+                    rtt: e.rtt,
+                    near: near(ip),
+                })
             })
             .collect();
-        list.sort_by_key(|(near, p)| (!near, p.rtt.unwrap_or(Duration::MAX), p.id));
-        list.into_iter().map(|(_, p)| p).collect()
+        list.sort_by_key(|p| (!p.near, p.rtt.unwrap_or(Duration::MAX), p.id));
+        list
     }
 
     /// Answers queries that ran past their deadline with what they found.

@@ -77,6 +77,8 @@ pub struct PeerInfo {
     pub connected: bool,
     /// Last measured round-trip time.
     pub rtt: Option<Duration>,
+    /// On one of this host's subnets (the same /24, or the same IPv6 address).
+    pub near: bool,
 }
 
 /// Decides whether a name record (key, signed manifest) is acceptable, returning its
