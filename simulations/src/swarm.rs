@@ -3,11 +3,13 @@
 //!
 //! What each host does mirrors the daemon's fetch driver (`crates/net/src/fetch.rs`
 //! and the discovery feed in `crates/daemon/src/fetch.rs`):
-//! - it looks up providers in the DHT every `lookup_every` (each lookup returns up to
-//!   `lookup_results` of them, after `dht_latency`), and with mDNS it also knows the
-//!   hosts of its rack; every 500 ms it connects to known peers, up to `max_peers`,
-//!   those known to hold data first, then nearest first (same rack, then round-trip
-//!   time);
+//! - it looks up providers in the DHT at once, again after 0.5 s, then at waits that
+//!   double up to `lookup_every` (each lookup returns up to `lookup_results` of them,
+//!   after `dht_latency`), and with mDNS it also knows the hosts of its rack; every
+//!   500 ms it connects to known peers, up to `max_peers`, those known to hold data
+//!   first, then nearest first (same rack, then round-trip time), with at most half
+//!   the slots for its own rack; at the cap, peers with nothing left to give, and
+//!   then the slowest (one per round), make room for untried providers;
 //! - on connecting, and every `have_refresh` for incomplete peers, it learns what
 //!   they hold (have-maps);
 //! - it announces itself as a provider once it holds a verified piece;
