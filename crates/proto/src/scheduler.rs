@@ -388,13 +388,6 @@ impl<P: Ord + Copy + Debug> Scheduler<P> {
         self.requests.len()
     }
 
-    /// Whether the fetch is short of work: under half its in-flight allowance is in
-    /// use (after [`Scheduler::poll_action`] had nothing more to issue, this means its
-    /// peers hold too little it needs; a driver refreshes their have-maps sooner).
-    pub fn starving(&self) -> bool {
-        self.inflight_bytes < self.config.max_inflight_bytes / 2
-    }
-
     /// Whether `peer` is banned.
     pub fn is_banned(&self, peer: &P) -> bool {
         self.peers.get(peer).is_some_and(|p| p.banned)
