@@ -968,7 +968,8 @@ impl Swarm {
         }
     }
 
-    fn finish(&mut self, h: u32) {
+    /// Ends host `h`'s fetch: its requests stop and its peers forget it.
+    fn stop_fetch(&mut self, h: u32) {
         let ids: Vec<RequestId> = self
             .fetch_mut(h)
             .map(|f| f.requests.keys().copied().collect())
@@ -976,15 +977,19 @@ impl Swarm {
         for id in ids {
             self.end_request(h, id);
         }
-        let host = &mut self.hosts[h as usize];
-        host.complete = true;
-        host.done = Some(self.now);
-        if let Some(f) = host.fetch.take() {
+        if let Some(f) = self.hosts[h as usize].fetch.take() {
             for p in f.peers {
                 self.hosts[p as usize].watchers.remove(&h);
             }
         }
         self.fetchers_left -= 1;
+    }
+
+    fn finish(&mut self, h: u32) {
+        self.stop_fetch(h);
+        let host = &mut self.hosts[h as usize];
+        host.complete = true;
+        host.done = Some(self.now);
     }
 
     fn leave(&mut self, h: u32) {
@@ -994,20 +999,8 @@ impl Swarm {
         }
         // Its own fetch stops.
         if self.hosts[h as usize].fetch.is_some() {
-            let ids: Vec<RequestId> = self
-                .fetch_mut(h)
-                .map(|f| f.requests.keys().copied().collect())
-                .unwrap_or_default();
-            for id in ids {
-                self.end_request(h, id);
-            }
-            if let Some(f) = self.hosts[h as usize].fetch.take() {
-                for p in f.peers {
-                    self.hosts[p as usize].watchers.remove(&h);
-                }
-            }
+            self.stop_fetch(h);
             self.hosts[h as usize].left = true;
-            self.fetchers_left -= 1;
         }
         self.hosts[h as usize].alive = false;
         // Everyone it was serving sees the connection break.
