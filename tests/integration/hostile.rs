@@ -773,11 +773,49 @@ fn allow_pickle_is_recorded_and_consumers_decide_for_themselves() {
     assert!(!tmp.path().join("seed-out/pytorch_model.bin").exists());
 }
 
-#[test]
-fn a_signed_manifest_that_hides_a_pickle_as_data_is_refused_on_export() {
+/// A newly trusted key (scope `org/`) signs a one-file manifest `name`, version 1,
+/// naming `path` with `size` and `blake3` as plain data; it is added to `d`'s store.
+/// Returns the key's public form and the envelope's path.
+fn add_signed_one_file_manifest(
+    d: &Daemon,
+    dir: &Path,
+    name: &str,
+    path: &str,
+    size: u64,
+    blake3: modeld_core::Hash,
+) -> (String, std::path::PathBuf) {
     use modeld_core::{
         Envelope, Manifest, ManifestFile, ManifestHeader, SecretKey, format::FileFormat,
     };
+    let signer = SecretKey::generate();
+    let public = signer.public().to_string();
+    d.ctl_ok(&["trust", "add", &public, "--scope", "org/"]);
+    let m = Manifest::new(
+        ManifestHeader {
+            name: name.parse().unwrap(),
+            version: "1".parse().unwrap(),
+            sequence: 1,
+            created: 1_000,
+            expires: None,
+            publisher: signer.public(),
+            allow_pickle: false,
+        },
+        vec![ManifestFile {
+            path: path.parse().unwrap(),
+            size,
+            blake3,
+            format: FileFormat::Other,
+        }],
+    )
+    .unwrap();
+    let file = dir.join(format!("{}.json", name.replace('/', "-")));
+    std::fs::write(&file, Envelope::sign(m.to_bytes(), &signer).to_bytes()).unwrap();
+    d.ctl_ok(&["manifest", "add", file.to_str().unwrap()]);
+    (public, file)
+}
+
+#[test]
+fn a_signed_manifest_that_hides_a_pickle_as_data_is_refused_on_export() {
     let tmp = tempfile::tempdir().unwrap();
     let d = Daemon::start_with(&tmp.path().join("node"), &["--allow-pickle", "true"]);
     let (key, _) = trusted_key(&d, tmp.path(), "org/");
@@ -799,35 +837,14 @@ fn a_signed_manifest_that_hides_a_pickle_as_data_is_refused_on_export() {
     ]);
     // ...and a trusted but careless (or compromised) publisher signs a manifest that
     // calls the same bytes plain data, without declaring pickle.
-    let signer = SecretKey::generate();
-    d.ctl_ok(&[
-        "trust",
-        "add",
-        &signer.public().to_string(),
-        "--scope",
-        "org/",
-    ]);
-    let m = Manifest::new(
-        ManifestHeader {
-            name: "org/hidden".parse().unwrap(),
-            version: "1".parse().unwrap(),
-            sequence: 1,
-            created: 1_000,
-            expires: None,
-            publisher: signer.public(),
-            allow_pickle: false,
-        },
-        vec![ManifestFile {
-            path: "weights.dat".parse().unwrap(),
-            size: bytes.len() as u64,
-            blake3: modeld_core::Hash::of(&bytes),
-            format: FileFormat::Other,
-        }],
-    )
-    .unwrap();
-    let file = tmp.path().join("hidden.json");
-    std::fs::write(&file, Envelope::sign(m.to_bytes(), &signer).to_bytes()).unwrap();
-    d.ctl_ok(&["manifest", "add", file.to_str().unwrap()]);
+    add_signed_one_file_manifest(
+        &d,
+        tmp.path(),
+        "org/hidden",
+        "weights.dat",
+        bytes.len() as u64,
+        modeld_core::Hash::of(&bytes),
+    );
     let out = tmp.path().join("out");
     let err = d.ctl_err(&["export", "org/hidden:1", out.to_str().unwrap()]);
     assert!(
@@ -902,9 +919,6 @@ print(json.dumps({p: scan_file_path(p).infected_files > 0 for p in sys.argv[1:]}
 
 #[test]
 fn a_signed_manifest_with_a_wrong_size_is_refused_on_export_and_fetch() {
-    use modeld_core::{
-        Envelope, Manifest, ManifestFile, ManifestHeader, SecretKey, format::FileFormat,
-    };
     let tmp = tempfile::tempdir().unwrap();
     let d = Daemon::start(&tmp.path().join("node"));
     let (key, _) = trusted_key(&d, tmp.path(), "org/");
@@ -919,30 +933,14 @@ fn a_signed_manifest_with_a_wrong_size_is_refused_on_export_and_fetch() {
         key.to_str().unwrap(),
     ));
     // A trusted key signs a manifest naming the same blob with one byte more.
-    let signer = SecretKey::generate();
-    let public = signer.public().to_string();
-    d.ctl_ok(&["trust", "add", &public, "--scope", "org/"]);
-    let m = Manifest::new(
-        ManifestHeader {
-            name: "org/sized".parse().unwrap(),
-            version: "1".parse().unwrap(),
-            sequence: 1,
-            created: 1_000,
-            expires: None,
-            publisher: signer.public(),
-            allow_pickle: false,
-        },
-        vec![ManifestFile {
-            path: "weights.bin".parse().unwrap(),
-            size: bytes.len() as u64 + 1,
-            blake3: modeld_core::Hash::of(&bytes),
-            format: FileFormat::Other,
-        }],
-    )
-    .unwrap();
-    let file = tmp.path().join("sized.json");
-    std::fs::write(&file, Envelope::sign(m.to_bytes(), &signer).to_bytes()).unwrap();
-    d.ctl_ok(&["manifest", "add", file.to_str().unwrap()]);
+    let (public, file) = add_signed_one_file_manifest(
+        &d,
+        tmp.path(),
+        "org/sized",
+        "weights.bin",
+        bytes.len() as u64 + 1,
+        modeld_core::Hash::of(&bytes),
+    );
     let out = tmp.path().join("out");
     let err = d.ctl_err(&["export", "org/sized:1", out.to_str().unwrap()]);
     assert!(
