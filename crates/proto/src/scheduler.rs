@@ -23,12 +23,18 @@
 //!   the link idles (bytes in flight = rate x wait). Before its rate is measured, a
 //!   peer gets [`SchedulerConfig::initial_peer_bytes`] (the same bytes whatever the
 //!   piece size).
+//! - **Last resorts**: a peer that needs longer than the late horizon (twice the queue
+//!   target) to deliver one piece is asked only for pieces no quicker peer has, and
+//!   takes over no late requests.
 //! - **Peer rotation** (done by the driver, decided here): at the peer limit, peers
 //!   with nothing left to give ([`Scheduler::useless_peers`]) and then the slowest
 //!   ([`Scheduler::slow_peer`]) make room for untried ones.
-//! - **Endgame**: once every missing piece is requested, idle peers duplicate the
-//!   oldest outstanding requests (at most [`SchedulerConfig::max_duplicates`] per
-//!   piece); the first to complete wins and the others are cancelled.
+//! - **Late requests and the endgame**: a request outstanding for twice the queue
+//!   target is late, and a peer with nothing missing on offer may duplicate it; once
+//!   every missing piece is requested, idle peers duplicate the oldest outstanding
+//!   requests. At most [`SchedulerConfig::max_duplicates`] requests per piece that are
+//!   not late (late ones do not block a fresh copy); the first to complete wins and
+//!   the others are cancelled.
 //! - **Bad peers**: corrupt data bans the peer for the rest of the fetch; a timeout
 //!   returns the piece to others and counts against the peer, which is dropped after
 //!   [`SchedulerConfig::max_timeouts`].
@@ -67,7 +73,8 @@ pub struct SchedulerConfig {
     pub request_timeout: Duration,
     /// The slowest transfer rate tolerated (bytes per second) when sizing timeouts.
     pub slowest_rate: u64,
-    /// Most requests outstanding for one piece in the endgame.
+    /// Most requests outstanding for one piece that are not yet late (duplicates of
+    /// late requests and in the endgame).
     pub max_duplicates: usize,
     /// Timeouts after which a peer is dropped.
     pub max_timeouts: u32,
@@ -740,14 +747,23 @@ impl<P: Ord + Copy + Debug> Scheduler<P> {
         let late = now.saturating_sub(Duration::from_secs_f64(LATE_FACTOR * target));
         // Request ids grow with time: the first is the oldest.
         let none_late = self.requests.values().next().is_none_or(|o| o.sent >= late);
+        // A peer that needs longer than the late horizon to deliver one piece is a last
+        // resort: a request to it would be late anyway.
+        let horizon = LATE_FACTOR * target;
+        let last_resort: Vec<bool> = peers
+            .iter()
+            .map(|k| self.is_last_resort(&self.peers[k], horizon))
+            .collect();
         for k in 0..peers.len() {
-            let peer = peers[(self.cursor + k) % peers.len()];
+            let idx = (self.cursor + k) % peers.len();
+            let peer = peers[idx];
             let p = &self.peers[&peer];
             if p.banned || p.gone || p.inflight.len() >= p.window || p.backoff_until > now {
                 continue;
             }
-            // With nothing missing on offer, a peer may still take over a late request.
-            if !endgame && p.offer == 0 && none_late {
+            // With nothing missing on offer, a peer may still take over a late request
+            // (a last resort would only be late in its turn).
+            if !endgame && p.offer == 0 && (none_late || last_resort[idx]) {
                 continue;
             }
             let budget = match p.rate {
@@ -759,8 +775,11 @@ impl<P: Ord + Copy + Debug> Scheduler<P> {
             {
                 continue;
             }
+            // A last resort duplicates nothing a quicker peer could send.
+            let allowed =
+                |i: usize| !last_resort[idx] || !self.quicker_holder(i, &peers, &last_resort);
             let piece = if endgame {
-                self.endgame_piece(&peer)
+                self.endgame_piece(&peer, late, allowed)
             } else if p.offer == 0 {
                 self.late_piece(&peer, late)
             } else {
@@ -771,6 +790,7 @@ impl<P: Ord + Copy + Debug> Scheduler<P> {
                     .find(|(avail, _, i)| {
                         p.has_piece[*i]
                             && (!p.failed.contains(i) || *avail <= self.pieces[*i].failed_peers)
+                            && allowed(*i)
                     })
                     .map(|(_, _, i)| *i)
             };
@@ -780,6 +800,27 @@ impl<P: Ord + Copy + Debug> Scheduler<P> {
             }
         }
         None
+    }
+
+    /// Whether a peer needs longer than `horizon` seconds to deliver one piece (at its
+    /// measured rate; a peer not yet measured is not). Such a peer, a seed swamped by
+    /// a burst, say, is asked only for pieces no quicker peer has: otherwise every
+    /// fetch keeps a request in its long queue for a piece others could send now, and
+    /// the pieces only it has wait behind them.
+    fn is_last_resort(&self, p: &Peer, horizon: f64) -> bool {
+        !p.banned
+            && !p.gone
+            && p.rate
+                .is_some_and(|r| self.config.piece_bytes as f64 > r * horizon)
+    }
+
+    /// Whether a live peer that is not a last resort has piece `i` and has not failed
+    /// it (one that failed it is asked again only after every other holder).
+    fn quicker_holder(&self, i: usize, peers: &[P], last_resort: &[bool]) -> bool {
+        peers.iter().zip(last_resort).any(|(k, &slow)| {
+            let q = &self.peers[k];
+            !slow && !q.banned && !q.gone && q.has_piece[i] && !q.failed.contains(&i)
+        })
     }
 
     /// Seconds of a peer's measured delivery that may be in flight to it: the
@@ -815,22 +856,40 @@ impl<P: Ord + Copy + Debug> Scheduler<P> {
                 let piece = &self.pieces[i];
                 piece.state == PieceState::Requested
                     && p.has_piece[i]
-                    && piece.requests.len() < self.config.max_duplicates
+                    && self.timely_requests(i, late) < self.config.max_duplicates
                     && !piece.requests.iter().any(|r| p.inflight.contains(r))
             })
     }
 
-    /// In the endgame: the requested piece this peer has whose oldest request is
-    /// oldest, if it has room for another duplicate and the peer is not already on it.
-    fn endgame_piece(&self, peer: &P) -> Option<usize> {
+    /// Outstanding requests for piece `i` sent at or after `late`. Late ones do not
+    /// count against [`SchedulerConfig::max_duplicates`]: a piece whose requests all
+    /// wait in long queues may be taken over again (each peer at most once).
+    fn timely_requests(&self, i: usize, late: Duration) -> usize {
+        self.pieces[i]
+            .requests
+            .iter()
+            .filter(|r| self.requests.get(r).is_some_and(|o| o.sent >= late))
+            .count()
+    }
+
+    /// In the endgame: the requested piece this peer has (and is `allowed`) whose oldest
+    /// request is oldest, if it has room for another duplicate and the peer is not
+    /// already on it.
+    fn endgame_piece(
+        &self,
+        peer: &P,
+        late: Duration,
+        allowed: impl Fn(usize) -> bool,
+    ) -> Option<usize> {
         let p = &self.peers[peer];
         self.pieces
             .iter()
             .enumerate()
             .filter(|(i, piece)| {
                 piece.state == PieceState::Requested
+                    && allowed(*i)
                     && p.has_piece[*i]
-                    && piece.requests.len() < self.config.max_duplicates
+                    && self.timely_requests(*i, late) < self.config.max_duplicates
                     && !piece.requests.iter().any(|r| p.inflight.contains(r))
             })
             .min_by_key(|(_, piece)| {
@@ -1302,6 +1361,84 @@ mod tests {
     }
 
     #[test]
+    fn late_copies_do_not_block_a_fresh_one() {
+        // Two pieces; the second is nowhere, so this never becomes the endgame.
+        let mut s = Scheduler::new(&[spec(2 * MIB)], SchedulerConfig::default());
+        for p in [1, 2] {
+            s.add_peer(p, T0);
+            s.peer_has(p, 0, &ranges::from_bytes(0..MIB), T0);
+        }
+        let first: Vec<_> = all_requests(&mut s, T0).iter().map(req).collect();
+        assert_eq!(first.len(), 1);
+        // Late (past twice the 1 s queue target): the other peer takes a copy.
+        let t3 = Duration::from_secs(3);
+        let second: Vec<_> = all_requests(&mut s, t3).iter().map(req).collect();
+        assert_eq!(second.len(), 1);
+        assert_ne!(second[0].1, first[0].1);
+        // Both wait in long queues. Peer 3 appears with the piece: with one copy late,
+        // only one counts against the two allowed, so peer 3 gets a third.
+        let t6 = Duration::from_secs(6);
+        s.add_peer(3, t6);
+        s.peer_has(3, 0, &ranges::from_bytes(0..MIB), t6);
+        let third: Vec<_> = all_requests(&mut s, t6).iter().map(req).collect();
+        assert_eq!(third.len(), 1);
+        assert_eq!((third[0].1, &third[0].3), (3, &ranges::from_bytes(0..MIB)));
+        // Peer 3 delivers: both stuck copies are cancelled.
+        s.on_complete(third[0].0, t6 + Duration::from_millis(10));
+        let mut cancelled: Vec<_> = all_requests(&mut s, t6)
+            .into_iter()
+            .map(|a| match a {
+                Action::Cancel { id, .. } => id,
+                other => panic!("expected a cancel, got {other:?}"),
+            })
+            .collect();
+        cancelled.sort_unstable();
+        assert_eq!(cancelled, vec![first[0].0, second[0].0]);
+    }
+
+    #[test]
+    fn a_last_resort_peer_is_asked_only_for_what_no_quicker_peer_has() {
+        // Forty pieces. Peer 1 (quick) has all but the last; peer 2 (a swamped seed)
+        // has them all.
+        let mut s = Scheduler::new(&[spec(40 * MIB)], SchedulerConfig::default());
+        s.add_peer(1, T0);
+        s.peer_has(1, 0, &ranges::from_bytes(0..39 * MIB), T0);
+        s.add_peer(2, T0);
+        s.peer_has(2, 0, &ChunkRanges::all(), T0);
+        // Measure both: peer 1 delivers its first requests in 10 ms, peer 2 its first
+        // in 10 s (100 KiB/s: ten times the 2 s late horizon per piece).
+        let first: Vec<_> = all_requests(&mut s, T0).iter().map(req).collect();
+        let ten_ms = Duration::from_millis(10);
+        let ten_s = Duration::from_secs(10);
+        for r in first.iter().filter(|r| r.1 == 1) {
+            s.on_complete(r.0, ten_ms);
+        }
+        for r in first.iter().filter(|r| r.1 == 2) {
+            s.on_complete(r.0, ten_s);
+        }
+        // From now on peer 2 is asked only for the last piece, which peer 1 lacks.
+        let mut now = ten_s;
+        let mut asked_2 = Vec::new();
+        while !s.is_done() {
+            let actions = all_requests(&mut s, now);
+            assert!(!actions.is_empty(), "stuck");
+            for a in actions.iter().map(req) {
+                if a.1 == 2 {
+                    asked_2.push(a.3.clone());
+                }
+                s.on_complete(a.0, now);
+            }
+            now += ten_ms;
+        }
+        let last = ranges::from_bytes(39 * MIB..40 * MIB);
+        if first.iter().any(|r| r.1 == 2 && r.3 == last) {
+            assert!(asked_2.is_empty(), "{asked_2:?}");
+        } else {
+            assert_eq!(asked_2, vec![last]);
+        }
+    }
+
+    #[test]
     fn same_seed_same_decisions() {
         let run = |seed| {
             let cfg = SchedulerConfig {
@@ -1361,7 +1498,11 @@ mod tests {
                     }
                 }
                 for piece in &s.pieces {
-                    prop_assert!(piece.requests.len() <= 2);
+                    // Late copies may pile up, but never two at one peer.
+                    let mut at: Vec<u32> = piece.requests.iter().map(|r| s.requests[r].peer).collect();
+                    at.sort_unstable();
+                    at.dedup();
+                    prop_assert_eq!(at.len(), piece.requests.len(), "two requests for one piece at one peer");
                 }
                 for p in s.peers.values() {
                     let useful = (0..s.pieces.len())
