@@ -23,6 +23,9 @@ pub type Nanos = u64;
 /// Index of a resource (a link or budget with a capacity).
 pub type ResourceId = u32;
 
+/// Most resources one flow crosses.
+pub const MAX_HOPS: usize = 6;
+
 /// Identifies a flow (slot and generation, so a stale id never names a new flow).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct FlowId {
@@ -32,7 +35,12 @@ pub struct FlowId {
 
 #[derive(Debug)]
 struct Flow {
-    resources: Vec<ResourceId>,
+    /// The resources it crosses: the first `hops` of `path` (kept inline: the solver
+    /// walks them for every flow).
+    path: [ResourceId; MAX_HOPS],
+    /// Where this flow sits in each of those resources' member lists.
+    positions: [u32; MAX_HOPS],
+    hops: u8,
     bytes: f64,
     /// Bytes left at `since`.
     remaining: f64,
@@ -86,8 +94,14 @@ pub struct Network {
     last_recompute: Option<Nanos>,
     min_gap: Nanos,
     recomputations: u64,
-    // Scratch space reused by `recompute`.
+    /// The flows (slots) across each resource, kept as flows come and go.
     members: Vec<Vec<u32>>,
+    // Scratch space reused by `recompute`.
+    left: Vec<f64>,
+    unfixed: Vec<u32>,
+    touched: Vec<u32>,
+    is_touched: Vec<bool>,
+    heap: Vec<Reverse<(Share, u32)>>,
 }
 
 impl Network {
@@ -97,6 +111,11 @@ impl Network {
         Self {
             carried: vec![0.0; n],
             members: vec![Vec::new(); n],
+            left: vec![0.0; n],
+            unfixed: vec![0; n],
+            touched: Vec::new(),
+            is_touched: vec![false; n],
+            heap: Vec::new(),
             capacity,
             slots: Vec::new(),
             generations: Vec::new(),
@@ -116,6 +135,11 @@ impl Network {
         self.dirty = true;
     }
 
+    /// Capacity of resource `r` left unused at the last recomputation.
+    pub fn spare(&self, r: ResourceId) -> f64 {
+        self.left[r as usize]
+    }
+
     /// Bytes each resource has carried so far (flows still running not included).
     pub fn carried(&self, r: ResourceId) -> f64 {
         self.carried[r as usize]
@@ -132,9 +156,17 @@ impl Network {
     }
 
     /// Starts a flow of `bytes` across `resources` at `now`.
-    pub fn add(&mut self, now: Nanos, resources: Vec<ResourceId>, bytes: u64, tag: u64) -> FlowId {
+    pub fn add(&mut self, now: Nanos, resources: &[ResourceId], bytes: u64, tag: u64) -> FlowId {
+        assert!(
+            resources.len() <= MAX_HOPS,
+            "a flow crosses at most {MAX_HOPS} resources"
+        );
+        let mut path = [0; MAX_HOPS];
+        path[..resources.len()].copy_from_slice(resources);
         let flow = Flow {
-            resources,
+            path,
+            positions: [0; MAX_HOPS],
+            hops: resources.len() as u8,
             bytes: bytes as f64,
             remaining: bytes as f64,
             since: now,
@@ -152,6 +184,12 @@ impl Network {
                 (self.slots.len() - 1) as u32
             }
         };
+        let flow = self.slots[slot as usize].as_mut().expect("just stored");
+        for k in 0..usize::from(flow.hops) {
+            let list = &mut self.members[flow.path[k] as usize];
+            flow.positions[k] = list.len() as u32;
+            list.push(slot);
+        }
         self.active += 1;
         self.dirty = true;
         FlowId {
@@ -174,8 +212,21 @@ impl Network {
     }
 
     fn retire(&mut self, slot: u32, flow: &Flow, transferred: f64) {
-        for &r in &flow.resources {
+        for (&r, &at) in flow.resources().iter().zip(&flow.positions) {
             self.carried[r as usize] += transferred;
+            let list = &mut self.members[r as usize];
+            debug_assert_eq!(list[at as usize], slot);
+            list.swap_remove(at as usize);
+            // The flow moved into the hole learns its new position.
+            if let Some(&moved) = list.get(at as usize) {
+                let m = self.slots[moved as usize].as_mut().expect("member");
+                let k = m
+                    .resources()
+                    .iter()
+                    .position(|&x| x == r)
+                    .expect("crosses r");
+                m.positions[k] = at;
+            }
         }
         self.generations[slot as usize] = self.generations[slot as usize].wrapping_add(1);
         self.free.push(slot);
@@ -230,76 +281,104 @@ impl Network {
         out
     }
 
-    /// Recomputes max-min fair rates at `now` and every flow's completion time.
+    /// Recomputes max-min fair rates at `now` and the completion times of the flows
+    /// that finish before the next recomputation can come (`min_gap`), plus the
+    /// earliest of the rest: until then nothing else can finish, and every change
+    /// marks the rates out of date.
     pub fn recompute(&mut self, now: Nanos) {
         self.dirty = false;
         self.last_recompute = Some(now);
         self.recomputations += 1;
         self.completions.clear();
-        for m in &mut self.members {
-            m.clear();
+        self.left.copy_from_slice(&self.capacity);
+        self.heap.clear();
+        for (r, m) in self.members.iter().enumerate() {
+            self.unfixed[r] = m.len() as u32;
+            if !m.is_empty() {
+                self.heap
+                    .push(Reverse((Share(self.left[r] / m.len() as f64), r as u32)));
+            }
         }
-        let mut left = self.capacity.clone();
-        let mut unfixed = vec![0u32; self.capacity.len()];
-        for (slot, flow) in self.slots.iter_mut().enumerate() {
-            let Some(flow) = flow else { continue };
+        for flow in self.slots.iter_mut().flatten() {
             flow.remaining = remaining_at(flow, now);
             flow.since = now;
             flow.rate = f64::INFINITY;
-            for &r in &flow.resources {
-                self.members[r as usize].push(slot as u32);
-                unfixed[r as usize] += 1;
-            }
         }
-        let mut heap: BinaryHeap<Reverse<(Share, u32)>> = (0..self.capacity.len())
-            .filter(|&r| unfixed[r] > 0)
-            .map(|r| Reverse((Share(left[r] / f64::from(unfixed[r])), r as u32)))
-            .collect();
-        let mut fixed = vec![false; self.slots.len()];
+        // Progressive filling: the resource with the smallest fair share is the
+        // bottleneck of its unfixed flows; fixing them frees capacity elsewhere.
+        let mut heap = BinaryHeap::from(std::mem::take(&mut self.heap));
         while let Some(Reverse((Share(share), r))) = heap.pop() {
             let r = r as usize;
-            if unfixed[r] == 0 {
+            if self.unfixed[r] == 0 {
                 continue;
             }
-            let current = left[r].max(0.0) / f64::from(unfixed[r]);
+            let current = self.left[r].max(0.0) / f64::from(self.unfixed[r]);
             if current != share {
                 heap.push(Reverse((Share(current), r as u32)));
                 continue;
             }
-            // `r` is the bottleneck of all its unfixed flows.
-            for i in 0..self.members[r].len() {
-                let slot = self.members[r][i] as usize;
-                if fixed[slot] {
+            for &slot in &self.members[r] {
+                let flow = self.slots[slot as usize].as_mut().expect("member");
+                if flow.rate.is_finite() {
                     continue;
                 }
-                fixed[slot] = true;
-                let flow = self.slots[slot].as_mut().expect("member");
                 flow.rate = share;
-                for &o in &flow.resources {
+                for &o in flow.resources() {
                     let o = o as usize;
-                    left[o] -= share;
-                    unfixed[o] -= 1;
-                    if o != r && unfixed[o] > 0 {
-                        heap.push(Reverse((
-                            Share(left[o].max(0.0) / f64::from(unfixed[o])),
-                            o as u32,
-                        )));
+                    self.left[o] -= share;
+                    self.unfixed[o] -= 1;
+                    if o != r && !self.is_touched[o] {
+                        self.is_touched[o] = true;
+                        self.touched.push(o as u32);
                     }
                 }
             }
-        }
-        for (slot, flow) in self.slots.iter().enumerate() {
-            let Some(flow) = flow else { continue };
-            if flow.rate > 0.0 && flow.rate.is_finite() {
-                let secs = flow.remaining / flow.rate;
-                let t = now + (secs * 1e9).ceil() as Nanos;
-                self.completions
-                    .push(Reverse((t, slot as u32, self.generations[slot])));
-            } else if flow.remaining <= 0.0 {
-                self.completions
-                    .push(Reverse((now, slot as u32, self.generations[slot])));
+            // Each resource that lost flows gets its new share once.
+            for o in self.touched.drain(..) {
+                let o = o as usize;
+                self.is_touched[o] = false;
+                if self.unfixed[o] > 0 {
+                    let share = self.left[o].max(0.0) / f64::from(self.unfixed[o]);
+                    heap.push(Reverse((Share(share), o as u32)));
+                }
             }
         }
+        self.heap = heap.into_vec();
+        // Completion times: those within the window, and the earliest after it.
+        let window_end = now.saturating_add(self.min_gap);
+        let mut first_after = Nanos::MAX;
+        let finish = |flow: &Flow| -> Option<Nanos> {
+            if flow.rate > 0.0 && flow.rate.is_finite() {
+                Some(now + (flow.remaining / flow.rate * 1e9).ceil() as Nanos)
+            } else if flow.remaining <= 0.0 {
+                Some(now)
+            } else {
+                None
+            }
+        };
+        for flow in self.slots.iter().flatten() {
+            if let Some(t) = finish(flow)
+                && t > window_end
+            {
+                first_after = first_after.min(t);
+            }
+        }
+        let mut due = Vec::new();
+        for (slot, flow) in self.slots.iter().enumerate() {
+            let Some(flow) = flow else { continue };
+            if let Some(t) = finish(flow)
+                && (t <= window_end || t == first_after)
+            {
+                due.push(Reverse((t, slot as u32, self.generations[slot])));
+            }
+        }
+        self.completions = BinaryHeap::from(due);
+    }
+}
+
+impl Flow {
+    fn resources(&self) -> &[ResourceId] {
+        &self.path[..usize::from(self.hops)]
     }
 }
 
@@ -344,8 +423,8 @@ mod tests {
         // One link of 10 MB/s; flows of 10 MB and 30 MB. Together 5 MB/s each: the
         // first ends at 2 s (10 MB); the second has 20 MB left at 10 MB/s: ends at 4 s.
         let mut net = Network::new(vec![10.0 * MB], 0);
-        net.add(0, vec![0], 10_000_000, 1);
-        net.add(0, vec![0], 30_000_000, 2);
+        net.add(0, &[0], 10_000_000, 1);
+        net.add(0, &[0], 30_000_000, 2);
         let done = run(&mut net);
         assert_eq!(done.len(), 2);
         assert!(close(done[0].1, 2.0) && done[0].0 == 1, "{done:?}");
@@ -360,9 +439,9 @@ mod tests {
         // straight to 3 and shares 3's downlink with nothing. Max-min: A = B = 2 MB/s
         // (uplink shared), C = 10 MB/s.
         let mut net = Network::new(vec![4.0 * MB, 10.0 * MB, 10.0 * MB, 10.0 * MB], 0);
-        net.add(0, vec![0, 1], 2_000_000, 1);
-        net.add(0, vec![0, 2], 4_000_000, 2);
-        net.add(0, vec![3], 10_000_000, 3);
+        net.add(0, &[0, 1], 2_000_000, 1);
+        net.add(0, &[0, 2], 4_000_000, 2);
+        net.add(0, &[3], 10_000_000, 3);
         let done = run(&mut net);
         // A: 2 MB at 2 MB/s = 1 s; then B alone on the uplink at 4 MB/s: 2 MB left
         // after 1 s, so 0.5 s more. C: 1 s.
@@ -377,8 +456,8 @@ mod tests {
         // A sender uplink (0) of 10 MB/s feeds two receivers: one with a 2 MB/s
         // downlink (1), one with 100 MB/s (2). Max-min: 2 and 8 MB/s (not 5 and 5).
         let mut net = Network::new(vec![10.0 * MB, 2.0 * MB, 100.0 * MB], 0);
-        net.add(0, vec![0, 1], 2_000_000, 1);
-        net.add(0, vec![0, 2], 8_000_000, 2);
+        net.add(0, &[0, 1], 2_000_000, 1);
+        net.add(0, &[0, 2], 8_000_000, 2);
         let done = run(&mut net);
         assert!(close(done[0].1, 1.0) && close(done[1].1, 1.0), "{done:?}");
     }
@@ -386,7 +465,7 @@ mod tests {
     #[test]
     fn removing_a_flow_reports_what_it_sent() {
         let mut net = Network::new(vec![10.0 * MB], 0);
-        let a = net.add(0, vec![0], 100_000_000, 1);
+        let a = net.add(0, &[0], 100_000_000, 1);
         net.recompute(0);
         assert_eq!(net.remove(S, a), 10_000_000);
         assert_eq!(net.remove(S, a), 0, "a stale id names nothing");
@@ -396,9 +475,9 @@ mod tests {
     #[test]
     fn a_recompute_gap_delays_rate_changes_by_at_most_the_gap() {
         let mut net = Network::new(vec![10.0 * MB], S / 10);
-        net.add(0, vec![0], 10_000_000, 1);
+        net.add(0, &[0], 10_000_000, 1);
         net.recompute(0);
-        net.add(S / 20, vec![0], 10_000_000, 2);
+        net.add(S / 20, &[0], 10_000_000, 2);
         assert_eq!(net.recompute_due(S / 20), Some(S / 10));
     }
 }
