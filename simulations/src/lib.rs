@@ -156,6 +156,7 @@ pub fn setup(s: &Scenario, piece: Option<u64>) -> anyhow::Result<Setup> {
         have_refresh: duration(&d.have_refresh)?,
         recompute_gap: duration(&s.sim.recompute_gap)?,
         serve_slots: ANSWER_SLOTS,
+        serve: s.sim.serve,
         time_limit: duration(&s.sim.time_limit)?,
         seed: s.seed,
     })

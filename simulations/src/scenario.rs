@@ -216,6 +216,26 @@ pub struct SimSection {
     /// Give up after this much simulated time.
     #[serde(default = "default_limit")]
     pub time_limit: String,
+    /// How a host works through the answers it owes (see [`Serve`]).
+    #[serde(default)]
+    pub serve: Serve,
+}
+
+/// How a host works through the answers it owes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Serve {
+    /// Up to 64 answers at once sharing the uplink, the rest waiting their turn: the
+    /// daemon (its 64 MiB answer budget in its 1 MiB pieces).
+    #[default]
+    Parallel,
+    /// First come first served: one answer at a time, and another started whenever
+    /// the uplink has room (more than 5 % unused), up to 64. For runs with pieces far
+    /// larger than the daemon's: the daemon's 1 MiB answers take milliseconds, so its
+    /// queue drains nearly in order at the uplink's full rate, whereas 64 answers of
+    /// 256 MiB sharing an uplink would each take seconds, and no piece could be passed
+    /// on until they all ended.
+    Queue,
 }
 
 fn default_gap() -> String {
@@ -230,6 +250,7 @@ impl Default for SimSection {
         Self {
             recompute_gap: default_gap(),
             time_limit: default_limit(),
+            serve: Serve::default(),
         }
     }
 }

@@ -33,6 +33,7 @@ use modeld_proto::scheduler::{Action, BlobSpec, Failure, RequestId, Scheduler, S
 use crate::{
     flow::{FlowId, Nanos, Network, ResourceId},
     rng::Rng,
+    scenario::Serve,
 };
 
 /// What a host is.
@@ -102,6 +103,8 @@ pub struct Setup {
     pub recompute_gap: Nanos,
     /// Answers a host sends at once (the daemon's 64 MiB answer budget in pieces).
     pub serve_slots: u32,
+    /// How answers share a host's uplink.
+    pub serve: Serve,
     /// Stop after this much simulated time.
     pub time_limit: Nanos,
     /// Seed of all random choices.
@@ -252,6 +255,8 @@ pub struct Swarm {
     trace: bool,
     /// The hosts of each rack (mDNS neighbours).
     rack_members: Vec<Vec<u32>>,
+    /// Hosts with answers waiting for a turn.
+    backlog: BTreeSet<u32>,
 }
 
 impl Outcome {
@@ -336,6 +341,7 @@ impl Swarm {
             rack_resources,
             trace: std::env::var_os("MODELD_SIM_TRACE").is_some(),
             rack_members: Vec::new(),
+            backlog: BTreeSet::new(),
         };
         for (i, h) in swarm.hosts.iter().enumerate() {
             let r = h.spec.rack as usize;
@@ -377,6 +383,9 @@ impl Swarm {
             {
                 self.now = due;
                 self.net.recompute(due);
+                if self.setup.serve == Serve::Queue {
+                    self.fill_uplinks();
+                }
                 continue;
             }
             let Some(t) = next else { break };
@@ -400,6 +409,21 @@ impl Swarm {
             self.peak_flows = self.peak_flows.max(self.net.active());
         }
         self.outcome()
+    }
+
+    /// With [`Serve::Queue`]: servers whose uplink has room start their next waiting
+    /// answer (one each per rate computation).
+    fn fill_uplinks(&mut self) {
+        let hosts: Vec<u32> = self.backlog.iter().copied().collect();
+        for h in hosts {
+            let host = &self.hosts[h as usize];
+            if host.sending >= self.setup.serve_slots {
+                continue;
+            }
+            if self.net.spare(2 * h) > 0.05 * host.spec.up {
+                self.start_waiting(h);
+            }
+        }
     }
 
     /// One line of `MODELD_SIM_TRACE` output.
@@ -442,9 +466,21 @@ impl Swarm {
             }
         }
         holders.sort_unstable();
+        // Requests waiting in a server's queue, and of those at seeds.
+        let (mut waiting, mut at_seeds) = (0, 0);
+        for f in &fetches {
+            for r in f.requests.values() {
+                if matches!(r.state, ReqState::Pending) {
+                    waiting += 1;
+                    if self.hosts[r.peer as usize].spec.kind != Kind::Fetcher {
+                        at_seeds += 1;
+                    }
+                }
+            }
+        }
         let at = |q: usize| holders.get(holders.len() * q / 100).copied().unwrap_or(0);
         eprintln!(
-            "t={:.2}s verified={:.1}GB flows={} senders={senders} fetching={} peers/fetch={:.1} useless/fetch={useless:.1} requests/fetch={:.1} seed_up={:.1}GB piece_holders(min/p10/p50)={}/{}/{}",
+            "t={:.2}s verified={:.1}GB flows={} senders={senders} fetching={} peers/fetch={:.1} useless/fetch={useless:.1} requests/fetch={:.1} waiting={waiting} (at seeds {at_seeds}) seed_up={:.1}GB piece_holders(min/p10/p50)={}/{}/{}",
             t as f64 / 1e9,
             gb(None, |h| h.verified),
             self.net.active(),
@@ -852,14 +888,22 @@ impl Swarm {
     /// An answer of `peer` ended: the next waiting request gets its turn.
     fn release_slot(&mut self, peer: u32) {
         self.hosts[peer as usize].sending -= 1;
+        self.start_waiting(peer);
+    }
+
+    /// `peer` starts its oldest waiting answer, if any.
+    fn start_waiting(&mut self, peer: u32) {
         while let Some((dst, id)) = self.hosts[peer as usize].waiting.pop_front() {
             let waiting = self
                 .request(dst, id)
                 .is_some_and(|r| matches!(r.state, ReqState::Pending) && r.peer == peer);
             if waiting {
                 self.begin_answer(dst, id);
-                return;
+                break;
             }
+        }
+        if self.hosts[peer as usize].waiting.is_empty() {
+            self.backlog.remove(&peer);
         }
     }
 
@@ -894,8 +938,13 @@ impl Swarm {
             self.drive(h);
             return;
         }
-        if self.hosts[peer as usize].sending >= self.setup.serve_slots {
+        let limit = match self.setup.serve {
+            Serve::Parallel => self.setup.serve_slots,
+            Serve::Queue => 1,
+        };
+        if self.hosts[peer as usize].sending >= limit {
             self.hosts[peer as usize].waiting.push_back((h, id));
+            self.backlog.insert(peer);
             return;
         }
         self.begin_answer(h, id);
@@ -911,7 +960,7 @@ impl Swarm {
         let bytes = self.answer_bytes(req);
         self.hosts[peer as usize].sending += 1;
         let resources = self.resources(peer, h);
-        let fid = self.net.add(now, resources, bytes, 0);
+        let fid = self.net.add(now, &resources, bytes, 0);
         self.flows.insert(fid, (h, id));
         if let Some(req) = self.fetch_mut(h).and_then(|f| f.requests.get_mut(&id)) {
             req.state = ReqState::Flowing(fid);

@@ -58,7 +58,14 @@ fn the_same_scenario_and_seed_give_the_same_files_byte_for_byte() {
 
 #[test]
 fn every_host_ends_with_every_piece_exactly_once_and_liars_are_banned() {
-    let (_, _, o) = run(EVERYTHING, None);
+    for serve in ["parallel", "queue"] {
+        let text = format!("{EVERYTHING}[sim]\nserve = \"{serve}\"\n");
+        everything_verified_once(&text);
+    }
+}
+
+fn everything_verified_once(text: &str) {
+    let (_, _, o) = run(text, None);
     let s = stats(&o);
     assert!(s.hosts > 0);
     assert_eq!(s.finished, s.hosts, "every honest staying host finishes");
@@ -119,4 +126,50 @@ fn the_lab_burst_is_predicted_within_15_percent() {
         "predicted {last:.1} s, measured {measured:.1} s: {:.0} % off",
         err * 100.0
     );
+}
+
+/// One seed with a 1 Gbit/s uplink owes the model's only piece (1 MiB, 8.4 ms at
+/// that rate) to two fetchers with fast downlinks.
+const TWO_ASK_ONE: &str = r#"
+name = "two-ask-one"
+[model]
+files = 1
+file_size = "1MiB"
+piece = "1MiB"
+[network]
+host_up = "1Gbit"
+host_down = "100Gbit"
+[seeds]
+count = 1
+[hosts]
+count = 2
+[discovery]
+mdns = false
+"#;
+
+#[test]
+fn queued_answers_go_one_after_the_other_and_parallel_ones_share_the_uplink() {
+    let done = |serve: &str| {
+        let text = format!("{TWO_ASK_ONE}[sim]\nserve = \"{serve}\"\n");
+        let (_, _, o) = run(&text, None);
+        let mut t: Vec<f64> = o
+            .hosts
+            .iter()
+            .filter_map(|h| h.done)
+            .map(|d| d as f64 / 1e6)
+            .collect();
+        t.sort_by(f64::total_cmp);
+        assert_eq!(t.len(), 2);
+        (t[0], t[1])
+    };
+    let (p_first, p_last) = done("parallel");
+    let (q_first, q_last) = done("queue");
+    // Sharing: both finish together, after two pieces' time. In turn: the first after
+    // one piece's time, the second when the parallel ones did.
+    assert!((p_last - p_first).abs() < 0.1, "{p_first} {p_last}");
+    assert!(
+        (p_first - q_first - 8.39).abs() < 0.2,
+        "{p_first} {q_first}"
+    );
+    assert!((q_last - p_last).abs() < 0.1, "{q_last} {p_last}");
 }
