@@ -285,6 +285,8 @@ pub struct Scheduler<P: Ord + Copy + Debug> {
     blob_pieces: Vec<std::ops::Range<usize>>,
     /// Missing pieces ordered by (availability, tie-break, index): rarest first.
     missing: BTreeSet<(u32, u64, usize)>,
+    /// The most peers at which one piece has failed.
+    most_failed: u32,
     peers: BTreeMap<P, Peer>,
     requests: BTreeMap<RequestId, Outstanding<P>>,
     /// The requests by deadline, earliest first.
@@ -356,6 +358,7 @@ impl<P: Ord + Copy + Debug> Scheduler<P> {
             pieces,
             blob_pieces,
             missing,
+            most_failed: 0,
             peers: BTreeMap::new(),
             requests: BTreeMap::new(),
             deadlines: BTreeSet::new(),
@@ -663,6 +666,7 @@ impl<P: Ord + Copy + Debug> Scheduler<P> {
             && p.failed.insert(r.piece)
         {
             self.pieces[r.piece].failed_peers += 1;
+            self.most_failed = self.most_failed.max(self.pieces[r.piece].failed_peers);
         }
         match why {
             Failure::Corrupt => {
@@ -754,6 +758,7 @@ impl<P: Ord + Copy + Debug> Scheduler<P> {
             .iter()
             .map(|k| self.is_last_resort(&self.peers[k], horizon))
             .collect();
+        let n_last_resort = last_resort.iter().filter(|&&x| x).count() as u32;
         for k in 0..peers.len() {
             let idx = (self.cursor + k) % peers.len();
             let peer = peers[idx];
@@ -785,8 +790,17 @@ impl<P: Ord + Copy + Debug> Scheduler<P> {
             } else {
                 // A piece that failed at this peer goes to others first, unless every
                 // peer that has it failed it too.
+                // A last resort looks only at pieces so rare that a quicker holder
+                // may be missing: more live holders than there are last resorts and
+                // peers that failed the piece means a quicker one has it.
+                let rare = if last_resort[idx] {
+                    n_last_resort + self.most_failed
+                } else {
+                    u32::MAX
+                };
                 self.missing
                     .iter()
+                    .take_while(|(avail, _, _)| *avail <= rare)
                     .find(|(avail, _, i)| {
                         p.has_piece[*i]
                             && (!p.failed.contains(i) || *avail <= self.pieces[*i].failed_peers)
