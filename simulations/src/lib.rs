@@ -24,8 +24,8 @@ use modeld_proto::scheduler::SchedulerConfig;
 
 /// Answers a host sends at once, other requests waiting their turn: the daemon's
 /// answer budget (`modeld_net::serve::ANSWER_BUDGET`, 64 MiB) in its own 1 MiB pieces.
-/// A run with larger pieces keeps this concurrency: large pieces are a device to make
-/// big runs cheap, and should change the swarm's behaviour as little as they can.
+/// A run with larger pieces keeps this as its limit; how answers start below it is the
+/// scenario's `serve` ([`scenario::Serve`]).
 pub const ANSWER_SLOTS: u32 = 64;
 
 use crate::{

@@ -15,7 +15,10 @@
 //! - it announces itself as a provider once it holds a verified piece;
 //! - it runs every action of the scheduler: a request becomes a flow from the peer
 //!   after one round trip; cancels stop flows; a corrupt answer is detected at its
-//!   first 16 KiB chunk group and bans the peer; a departed peer fails its requests.
+//!   first 16 KiB chunk group and bans the peer; a departed peer fails its requests;
+//! - as a server, it sends up to 64 answers at once, the others waiting their turn
+//!   first come first served, or, with [`Serve::Queue`], one at a time and more while
+//!   its uplink has room.
 //!
 //! Seeds and the origin hold everything from the start. A host that finishes keeps
 //! serving. Everything is ordered by (time, sequence number), and every random
