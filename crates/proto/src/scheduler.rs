@@ -55,6 +55,12 @@ pub const SLOW_PEER_FRACTION: f64 = 0.9;
 /// else to send may duplicate it (see [`Scheduler`]'s endgame).
 pub const LATE_FACTOR: f64 = 2.0;
 
+/// A peer is a last resort only if it is also this many times slower than the median
+/// measured rate: a seed swamped by a burst is hundreds of times slower than the
+/// fetch's other peers, while a peer measured a few times slower once (a busy
+/// moment) must not be shut out for good, as it would never be measured again.
+pub const LAST_RESORT_RATIO: f64 = 8.0;
+
 /// Identifies a request issued by the scheduler.
 pub type RequestId = u64;
 
@@ -754,9 +760,10 @@ impl<P: Ord + Copy + Debug> Scheduler<P> {
         // A peer that needs longer than the late horizon to deliver one piece is a last
         // resort: a request to it would be late anyway.
         let horizon = LATE_FACTOR * target;
+        let median = self.median_rate();
         let last_resort: Vec<bool> = peers
             .iter()
-            .map(|k| self.is_last_resort(&self.peers[k], horizon))
+            .map(|k| self.is_last_resort(&self.peers[k], horizon, median))
             .collect();
         let n_last_resort = last_resort.iter().filter(|&&x| x).count() as u32;
         for k in 0..peers.len() {
@@ -816,16 +823,33 @@ impl<P: Ord + Copy + Debug> Scheduler<P> {
         None
     }
 
-    /// Whether a peer needs longer than `horizon` seconds to deliver one piece (at its
-    /// measured rate; a peer not yet measured is not). Such a peer, a seed swamped by
+    /// Whether a peer needs longer than `horizon` seconds to deliver one piece at its
+    /// measured rate and is [`LAST_RESORT_RATIO`] times slower than the `median` (a
+    /// peer not yet measured is not). Such a peer, a seed swamped by
     /// a burst, say, is asked only for pieces no quicker peer has: otherwise every
     /// fetch keeps a request in its long queue for a piece others could send now, and
     /// the pieces only it has wait behind them.
-    fn is_last_resort(&self, p: &Peer, horizon: f64) -> bool {
+    fn is_last_resort(&self, p: &Peer, horizon: f64, median: f64) -> bool {
         !p.banned
             && !p.gone
-            && p.rate
-                .is_some_and(|r| self.config.piece_bytes as f64 > r * horizon)
+            && p.rate.is_some_and(|r| {
+                self.config.piece_bytes as f64 > r * horizon && r * LAST_RESORT_RATIO < median
+            })
+    }
+
+    /// The median measured rate of the live peers (0 if none is measured).
+    fn median_rate(&self) -> f64 {
+        let mut rates: Vec<f64> = self
+            .peers
+            .values()
+            .filter(|p| !p.banned && !p.gone)
+            .filter_map(|p| p.rate)
+            .collect();
+        if rates.is_empty() {
+            return 0.0;
+        }
+        rates.sort_by(f64::total_cmp);
+        rates[rates.len() / 2]
     }
 
     /// Whether a live peer that is not a last resort has piece `i` and has not failed
