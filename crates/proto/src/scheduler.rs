@@ -430,18 +430,24 @@ impl<P: Ord + Copy + Debug> Scheduler<P> {
     /// better. Without it, the first providers a burst finds keep every fetcher's
     /// slots while later hosts' uploads go unused.
     pub fn slow_peer(&self) -> Option<P> {
+        let rates = self.measured_rates();
+        if rates.len() < 2 {
+            return None;
+        }
+        let median = rates[rates.len() / 2].0;
+        (rates[0].0 < SLOW_PEER_FRACTION * median).then_some(rates[0].1)
+    }
+
+    /// The measured rates of the live peers, slowest first.
+    fn measured_rates(&self) -> Vec<(f64, P)> {
         let mut rates: Vec<(f64, P)> = self
             .peers
             .iter()
             .filter(|(_, p)| !p.banned && !p.gone)
             .filter_map(|(k, p)| p.rate.map(|r| (r, *k)))
             .collect();
-        if rates.len() < 2 {
-            return None;
-        }
         rates.sort_by(|a, b| a.0.total_cmp(&b.0));
-        let median = rates[rates.len() / 2].0;
-        (rates[0].0 < SLOW_PEER_FRACTION * median).then_some(rates[0].1)
+        rates
     }
 
     /// If nothing is in flight and no live peer has any missing piece, the missing
@@ -760,10 +766,15 @@ impl<P: Ord + Copy + Debug> Scheduler<P> {
         // A peer that needs longer than the late horizon to deliver one piece is a last
         // resort: a request to it would be late anyway.
         let horizon = LATE_FACTOR * target;
-        let median = self.median_rate();
+        // The median is needed only once some peer is past the horizon (rarely).
+        let median = std::cell::OnceCell::new();
         let last_resort: Vec<bool> = peers
             .iter()
-            .map(|k| self.is_last_resort(&self.peers[k], horizon, median))
+            .map(|k| {
+                self.is_last_resort(&self.peers[k], horizon, || {
+                    *median.get_or_init(|| self.median_rate())
+                })
+            })
             .collect();
         let n_last_resort = last_resort.iter().filter(|&&x| x).count() as u32;
         for k in 0..peers.len() {
@@ -824,32 +835,23 @@ impl<P: Ord + Copy + Debug> Scheduler<P> {
     }
 
     /// Whether a peer needs longer than `horizon` seconds to deliver one piece at its
-    /// measured rate and is [`LAST_RESORT_RATIO`] times slower than the `median` (a
-    /// peer not yet measured is not). Such a peer, a seed swamped by
+    /// measured rate and is [`LAST_RESORT_RATIO`] times slower than the `median` (computed
+    /// only then; a peer not yet measured is not). Such a peer, a seed swamped by
     /// a burst, say, is asked only for pieces no quicker peer has: otherwise every
     /// fetch keeps a request in its long queue for a piece others could send now, and
     /// the pieces only it has wait behind them.
-    fn is_last_resort(&self, p: &Peer, horizon: f64, median: f64) -> bool {
+    fn is_last_resort(&self, p: &Peer, horizon: f64, median: impl FnOnce() -> f64) -> bool {
         !p.banned
             && !p.gone
             && p.rate.is_some_and(|r| {
-                self.config.piece_bytes as f64 > r * horizon && r * LAST_RESORT_RATIO < median
+                self.config.piece_bytes as f64 > r * horizon && r * LAST_RESORT_RATIO < median()
             })
     }
 
     /// The median measured rate of the live peers (0 if none is measured).
     fn median_rate(&self) -> f64 {
-        let mut rates: Vec<f64> = self
-            .peers
-            .values()
-            .filter(|p| !p.banned && !p.gone)
-            .filter_map(|p| p.rate)
-            .collect();
-        if rates.is_empty() {
-            return 0.0;
-        }
-        rates.sort_by(f64::total_cmp);
-        rates[rates.len() / 2]
+        let rates = self.measured_rates();
+        rates.get(rates.len() / 2).map_or(0.0, |r| r.0)
     }
 
     /// Whether a live peer that is not a last resort has piece `i` and has not failed
