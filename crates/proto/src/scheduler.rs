@@ -61,6 +61,11 @@ pub const LATE_FACTOR: f64 = 2.0;
 /// moment) must not be shut out for good, as it would never be measured again.
 pub const LAST_RESORT_RATIO: f64 = 8.0;
 
+/// A last resort left idle for this many late horizons is asked once more (a probe),
+/// so that its rate is measured again: one slow moment must not shut a peer out for
+/// the rest of the fetch.
+pub const LAST_RESORT_PROBE: f64 = 4.0;
+
 /// Identifies a request issued by the scheduler.
 pub type RequestId = u64;
 
@@ -217,6 +222,9 @@ struct Peer {
     /// Measured delivery rate (bytes per second), once a request has completed.
     rate: Option<f64>,
     meter: Meter,
+    /// When its last request ended (or when it was added): the age of what is known
+    /// of its rate while it is idle.
+    idle_since: Duration,
     /// Pieces it has that are not yet done here.
     useful: u32,
     /// Pieces it has that are missing here (not requested from anyone).
@@ -467,7 +475,7 @@ impl<P: Ord + Copy + Debug> Scheduler<P> {
     }
 
     /// A new peer (it has nothing until [`Scheduler::peer_has`]).
-    pub fn add_peer(&mut self, peer: P, _now: Duration) {
+    pub fn add_peer(&mut self, peer: P, now: Duration) {
         if self.peers.contains_key(&peer) {
             return;
         }
@@ -480,6 +488,7 @@ impl<P: Ord + Copy + Debug> Scheduler<P> {
                 inflight_bytes: 0,
                 rate: None,
                 meter: Meter::default(),
+                idle_since: now,
                 useful: 0,
                 offer: 0,
                 window: self.config.min_window,
@@ -580,7 +589,7 @@ impl<P: Ord + Copy + Debug> Scheduler<P> {
         self.retire_peer(peer, false, now);
     }
 
-    fn retire_peer(&mut self, peer: P, ban: bool, _now: Duration) {
+    fn retire_peer(&mut self, peer: P, ban: bool, now: Duration) {
         let Some(p) = self.peers.get_mut(&peer) else {
             return;
         };
@@ -606,18 +615,21 @@ impl<P: Ord + Copy + Debug> Scheduler<P> {
             }
         }
         for id in inflight {
-            self.forget_request(id);
+            self.forget_request(id, now);
         }
     }
 
     /// Removes a request; its piece goes back to missing if nothing else fetches it.
-    fn forget_request(&mut self, id: RequestId) -> Option<Outstanding<P>> {
+    fn forget_request(&mut self, id: RequestId, now: Duration) -> Option<Outstanding<P>> {
         let r = self.requests.remove(&id)?;
         self.deadlines.remove(&(r.deadline, id));
         self.inflight_bytes -= r.bytes;
         if let Some(p) = self.peers.get_mut(&r.peer) {
             p.inflight.remove(&id);
             p.inflight_bytes -= r.bytes;
+            if p.inflight.is_empty() {
+                p.idle_since = now;
+            }
         }
         let piece = &mut self.pieces[r.piece];
         piece.requests.retain(|x| *x != id);
@@ -636,7 +648,7 @@ impl<P: Ord + Copy + Debug> Scheduler<P> {
             .peers
             .get(&r.peer)
             .is_some_and(|p| p.inflight.len() >= p.window);
-        self.forget_request(id);
+        self.forget_request(id, now);
         if let Some(p) = self.peers.get_mut(&r.peer) {
             let idle = p.inflight.is_empty();
             if let Some(sample) = p.meter.delivered(r.bytes, now, idle) {
@@ -660,7 +672,7 @@ impl<P: Ord + Copy + Debug> Scheduler<P> {
         }
         // Cancel the duplicates that lost the race.
         for other in std::mem::take(&mut self.pieces[piece].requests) {
-            if let Some(o) = self.forget_request(other) {
+            if let Some(o) = self.forget_request(other, now) {
                 self.queued.push(Action::Cancel {
                     id: other,
                     peer: o.peer,
@@ -671,7 +683,7 @@ impl<P: Ord + Copy + Debug> Scheduler<P> {
 
     /// The request failed.
     pub fn on_failed(&mut self, id: RequestId, why: Failure, now: Duration) {
-        let Some(r) = self.forget_request(id) else {
+        let Some(r) = self.forget_request(id, now) else {
             return;
         };
         if let Some(p) = self.peers.get_mut(&r.peer)
@@ -771,7 +783,7 @@ impl<P: Ord + Copy + Debug> Scheduler<P> {
         let last_resort: Vec<bool> = peers
             .iter()
             .map(|k| {
-                self.is_last_resort(&self.peers[k], horizon, || {
+                self.is_last_resort(&self.peers[k], now, horizon, || {
                     *median.get_or_init(|| self.median_rate())
                 })
             })
@@ -839,10 +851,21 @@ impl<P: Ord + Copy + Debug> Scheduler<P> {
     /// only then; a peer not yet measured is not). Such a peer, a seed swamped by
     /// a burst, say, is asked only for pieces no quicker peer has: otherwise every
     /// fetch keeps a request in its long queue for a piece others could send now, and
-    /// the pieces only it has wait behind them.
-    fn is_last_resort(&self, p: &Peer, horizon: f64, median: impl FnOnce() -> f64) -> bool {
+    /// the pieces only it has wait behind them. The judgement expires: a peer idle for
+    /// [`LAST_RESORT_PROBE`] horizons is not a last resort until it is asked once more
+    /// (its answer measures it again).
+    fn is_last_resort(
+        &self,
+        p: &Peer,
+        now: Duration,
+        horizon: f64,
+        median: impl FnOnce() -> f64,
+    ) -> bool {
+        let probe_due = p.inflight.is_empty()
+            && now.saturating_sub(p.idle_since).as_secs_f64() >= LAST_RESORT_PROBE * horizon;
         !p.banned
             && !p.gone
+            && !probe_due
             && p.rate.is_some_and(|r| {
                 self.config.piece_bytes as f64 > r * horizon && r * LAST_RESORT_RATIO < median()
             })
@@ -1476,6 +1499,52 @@ mod tests {
         } else {
             assert_eq!(asked_2, vec![last]);
         }
+    }
+
+    #[test]
+    fn a_peer_measured_slow_once_is_asked_again() {
+        // Two peers with everything, each delivering 1 MiB in 10 ms, except that peer
+        // 2's first requests stall for 10 s (a starved process, say): it is then a
+        // last resort. The judgement must not last: its rate is never measured again
+        // unless it is asked again.
+        let mut s = Scheduler::new(&[spec(2000 * MIB)], SchedulerConfig::default());
+        for p in [1, 2] {
+            s.add_peer(p, T0);
+            s.peer_has(p, 0, &ChunkRanges::all(), T0);
+        }
+        let per_piece = Duration::from_millis(10);
+        let stall = Duration::from_secs(10);
+        // Outstanding requests: (finish time, id, peer).
+        let mut outstanding: Vec<(Duration, RequestId, u32)> = Vec::new();
+        let mut busy_until = [T0; 3];
+        let mut served = [0u64; 3];
+        let mut now = T0;
+        while !s.is_done() {
+            for a in all_requests(&mut s, now) {
+                match a {
+                    Action::Request { id, peer, .. } => {
+                        let start = busy_until[peer as usize].max(now);
+                        let mut finish = start + per_piece;
+                        if peer == 2 && now == T0 {
+                            finish = stall;
+                        }
+                        busy_until[peer as usize] = finish;
+                        outstanding.push((finish, id, peer));
+                    }
+                    Action::Cancel { id, .. } => outstanding.retain(|o| o.1 != id),
+                    Action::DropPeer { .. } => panic!("no peer misbehaves"),
+                }
+            }
+            now = outstanding.iter().map(|o| o.0).min().expect("stuck");
+            let (due, rest): (Vec<_>, Vec<_>) = outstanding.into_iter().partition(|o| o.0 <= now);
+            outstanding = rest;
+            for (_, id, peer) in due {
+                served[peer as usize] += 1;
+                s.on_complete(id, now);
+            }
+        }
+        // Once asked again, peer 2 is quick and takes its share of what is left.
+        assert!(served[2] > 200, "peer 2 served {served:?} pieces");
     }
 
     #[test]
