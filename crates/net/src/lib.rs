@@ -141,6 +141,9 @@ pub struct Counters {
     pub bytes_resumed: AtomicU64,
     /// Peers banned for bad data.
     pub peers_banned: AtomicU64,
+    /// Blob requests the asker withdrew while they waited for the answer budget (a
+    /// fetch that found a quicker peer for the piece); nothing was read or sent.
+    pub requests_withdrawn: AtomicU64,
 }
 
 impl Counters {
@@ -154,6 +157,7 @@ impl Counters {
             ("bytes_duplicate", &self.bytes_duplicate),
             ("bytes_resumed", &self.bytes_resumed),
             ("peers_banned", &self.peers_banned),
+            ("requests_withdrawn", &self.requests_withdrawn),
         ]
         .into_iter()
         .map(|(k, v)| (k, v.load(Ordering::Relaxed)))

@@ -238,7 +238,17 @@ async fn serve_blob(
         return;
     }
     let encoded_len = wire::encoded_len(size, &want) as usize;
-    let Ok(_permit) = budget.acquire_many(((encoded_len >> 10) + 1) as u32).await else {
+    // Wait for room in the answer budget (first come, first served), unless the
+    // asker withdraws the request meanwhile: a swamped seed's queue then holds only
+    // requests someone still wants from it.
+    let permit = tokio::select! {
+        permit = budget.acquire_many(((encoded_len >> 10) + 1) as u32) => permit,
+        _ = send.stopped() => {
+            counters.requests_withdrawn.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+    };
+    let Ok(_permit) = permit else {
         return;
     };
     let store = net.inner.store.clone();

@@ -287,6 +287,20 @@ struct Outstanding<P> {
     bytes: u64,
     sent: Duration,
     deadline: Duration,
+    /// Sent to a last resort whose judgement had expired: its answer measures the peer
+    /// again, so it is not withdrawn for a quicker holder.
+    probe: bool,
+}
+
+/// How a peer stands under the last-resort rule (see [`Scheduler::standing`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Standing {
+    /// Asked like any peer.
+    Quick,
+    /// Asked only for pieces no quicker peer has.
+    LastResort,
+    /// A last resort idle long enough to be asked once more, to measure it again.
+    Probe,
 }
 
 /// The scheduler for one fetch. `P` identifies a peer.
@@ -780,15 +794,22 @@ impl<P: Ord + Copy + Debug> Scheduler<P> {
         let horizon = LATE_FACTOR * target;
         // The median is needed only once some peer is past the horizon (rarely).
         let median = std::cell::OnceCell::new();
-        let last_resort: Vec<bool> = peers
+        let standing: Vec<Standing> = peers
             .iter()
             .map(|k| {
-                self.is_last_resort(&self.peers[k], now, horizon, || {
+                self.standing(&self.peers[k], now, horizon, || {
                     *median.get_or_init(|| self.median_rate())
                 })
             })
             .collect();
+        let last_resort: Vec<bool> = standing
+            .iter()
+            .map(|s| *s == Standing::LastResort)
+            .collect();
         let n_last_resort = last_resort.iter().filter(|&&x| x).count() as u32;
+        if n_last_resort > 0 && self.withdraw_from_last_resorts(&peers, &last_resort, now) {
+            return self.queued.pop();
+        }
         for k in 0..peers.len() {
             let idx = (self.cursor + k) % peers.len();
             let peer = peers[idx];
@@ -840,35 +861,97 @@ impl<P: Ord + Copy + Debug> Scheduler<P> {
             };
             if let Some(piece) = piece {
                 self.cursor = (self.cursor + k + 1) % peers.len();
-                return Some(self.issue(peer, piece, now));
+                let probe = standing[idx] == Standing::Probe;
+                return Some(self.issue(peer, piece, probe, now));
             }
         }
         None
     }
 
-    /// Whether a peer needs longer than `horizon` seconds to deliver one piece at its
-    /// measured rate and is [`LAST_RESORT_RATIO`] times slower than the `median` (computed
-    /// only then; a peer not yet measured is not). Such a peer, a seed swamped by
-    /// a burst, say, is asked only for pieces no quicker peer has: otherwise every
-    /// fetch keeps a request in its long queue for a piece others could send now, and
-    /// the pieces only it has wait behind them. The judgement expires: a peer idle for
-    /// [`LAST_RESORT_PROBE`] horizons is not a last resort until it is asked once more
-    /// (its answer measures it again).
-    fn is_last_resort(
+    /// A peer is a last resort if it needs longer than `horizon` seconds to deliver one
+    /// piece and is [`LAST_RESORT_RATIO`] times slower than the `median` measured rate
+    /// (computed only then). Its rate is the measured one, or less if its oldest
+    /// request has been waiting longer: a seed swamped by a burst may not answer a
+    /// fetch's first request for a minute, and must not count as unmeasured all that
+    /// time. A last resort is asked only for pieces no quicker peer has: otherwise
+    /// every fetch keeps a request in its long queue for a piece others could send
+    /// now, and the pieces only it has wait behind them. The judgement expires: a peer
+    /// idle for [`LAST_RESORT_PROBE`] horizons is asked once more (a probe), and its
+    /// answer measures it again.
+    fn standing(
         &self,
         p: &Peer,
         now: Duration,
         horizon: f64,
         median: impl FnOnce() -> f64,
+    ) -> Standing {
+        if p.banned || p.gone {
+            return Standing::Quick;
+        }
+        let rate = match (p.rate, self.overdue_rate(p, now, horizon)) {
+            (Some(measured), Some(bound)) => Some(measured.min(bound)),
+            (measured, bound) => measured.or(bound),
+        };
+        let piece = self.config.piece_bytes as f64;
+        if !rate.is_some_and(|r| piece > r * horizon && r * LAST_RESORT_RATIO < median()) {
+            Standing::Quick
+        } else if p.inflight.is_empty()
+            && now.saturating_sub(p.idle_since).as_secs_f64() >= LAST_RESORT_PROBE * horizon
+        {
+            Standing::Probe
+        } else {
+            Standing::LastResort
+        }
+    }
+
+    /// The rate a peer's oldest request shows, if it has waited longer than `horizon`:
+    /// one piece over its age (at most what the peer delivers).
+    fn overdue_rate(&self, p: &Peer, now: Duration, horizon: f64) -> Option<f64> {
+        // Request ids grow with time: the first is the oldest.
+        let oldest = self.requests.get(p.inflight.first()?)?;
+        let age = now.saturating_sub(oldest.sent).as_secs_f64();
+        (age > horizon).then(|| self.config.piece_bytes as f64 / age)
+    }
+
+    /// Withdraws the requests waiting at last resorts (probes aside) whose pieces a
+    /// quicker peer now has: the piece goes back to the missing ones, the quicker peer
+    /// sends it, and the last resort's queue is left to the pieces only it has. If
+    /// the peer's oldest request was overdue, the rate it showed becomes the peer's
+    /// measured rate, so the peer stays a last resort until probed. Returns whether
+    /// anything was withdrawn (the cancels are queued).
+    fn withdraw_from_last_resorts(
+        &mut self,
+        peers: &[P],
+        last_resort: &[bool],
+        now: Duration,
     ) -> bool {
-        let probe_due = p.inflight.is_empty()
-            && now.saturating_sub(p.idle_since).as_secs_f64() >= LAST_RESORT_PROBE * horizon;
-        !p.banned
-            && !p.gone
-            && !probe_due
-            && p.rate.is_some_and(|r| {
-                self.config.piece_bytes as f64 > r * horizon && r * LAST_RESORT_RATIO < median()
-            })
+        let mut stale = Vec::new();
+        let mut shown = Vec::new();
+        let horizon = LATE_FACTOR * self.queue_target();
+        for (k, _) in peers.iter().zip(last_resort).filter(|(_, slow)| **slow) {
+            let p = &self.peers[k];
+            let before = stale.len();
+            stale.extend(p.inflight.iter().copied().filter(|id| {
+                let o = &self.requests[id];
+                !o.probe && self.quicker_holder(o.piece, peers, last_resort)
+            }));
+            if stale.len() > before
+                && let Some(bound) = self.overdue_rate(p, now, horizon)
+            {
+                shown.push((*k, bound));
+            }
+        }
+        for (k, bound) in shown {
+            if let Some(p) = self.peers.get_mut(&k) {
+                p.rate = Some(p.rate.map_or(bound, |r| r.min(bound)));
+            }
+        }
+        for &id in &stale {
+            if let Some(o) = self.forget_request(id, now) {
+                self.queued.push(Action::Cancel { id, peer: o.peer });
+            }
+        }
+        !stale.is_empty()
     }
 
     /// The median measured rate of the live peers (0 if none is measured).
@@ -965,7 +1048,7 @@ impl<P: Ord + Copy + Debug> Scheduler<P> {
             .map(|(i, _)| i)
     }
 
-    fn issue(&mut self, peer: P, piece: usize, now: Duration) -> Action<P> {
+    fn issue(&mut self, peer: P, piece: usize, probe: bool, now: Duration) -> Action<P> {
         let id = self.next_id;
         self.next_id += 1;
         let (blob, need, bytes) = {
@@ -987,6 +1070,7 @@ impl<P: Ord + Copy + Debug> Scheduler<P> {
                 bytes,
                 sent: now,
                 deadline: now + timeout,
+                probe,
             },
         );
         self.inflight_bytes += bytes;
@@ -1545,6 +1629,74 @@ mod tests {
         }
         // Once asked again, peer 2 is quick and takes its share of what is left.
         assert!(served[2] > 200, "peer 2 served {served:?} pieces");
+    }
+
+    #[test]
+    fn requests_waiting_at_a_last_resort_are_withdrawn_once_a_quicker_peer_has_the_piece() {
+        // Peer 1 is quick and has the first half; peer 2, a seed swamped by a burst,
+        // has everything and never answers. At 1 s peer 1 has everything too.
+        let mut s = Scheduler::new(&[spec(40 * MIB)], SchedulerConfig::default());
+        s.add_peer(1, T0);
+        s.peer_has(1, 0, &ranges::from_bytes(0..20 * MIB), T0);
+        s.add_peer(2, T0);
+        s.peer_has(2, 0, &ChunkRanges::all(), T0);
+        let step = Duration::from_millis(10);
+        let mut now = T0;
+        // Requests waiting at peer 2, and when each was sent.
+        let mut at_2: BTreeMap<RequestId, (ChunkRanges, Duration)> = BTreeMap::new();
+        let mut withdrawn = 0;
+        // Peer 1 answers within a step.
+        let mut at_1 = Vec::new();
+        while !s.is_done() {
+            assert!(now < Duration::from_secs(30), "stuck");
+            for id in std::mem::take(&mut at_1) {
+                s.on_complete(id, now);
+            }
+            if now == Duration::from_secs(1) {
+                s.peer_has(1, 0, &ChunkRanges::all(), now);
+            }
+            for a in all_requests(&mut s, now) {
+                match a {
+                    Action::Request {
+                        id,
+                        peer: 2,
+                        ranges,
+                        ..
+                    } => {
+                        at_2.insert(id, (ranges, now));
+                    }
+                    Action::Request {
+                        id,
+                        peer: 1,
+                        ranges,
+                        ..
+                    } => {
+                        // Requests sent later are probes (peer 2 left idle long enough
+                        // is asked again), which a quicker peer may duplicate when late.
+                        assert!(
+                            !at_2
+                                .values()
+                                .any(|(r, sent)| *r == ranges && *sent < Duration::from_secs(1)),
+                            "peer 1 asked for {ranges:?} while peer 2 still holds it"
+                        );
+                        at_1.push(id);
+                    }
+                    Action::Cancel { id, peer: 2 } => {
+                        at_2.remove(&id).expect("a request to peer 2");
+                        withdrawn += 1;
+                    }
+                    Action::Cancel { id, peer: 1 } => at_1.retain(|x| *x != id),
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+            now += step;
+        }
+        assert!(withdrawn > 0, "nothing withdrawn from peer 2");
+        assert!(
+            at_2.values()
+                .all(|(_, sent)| *sent > Duration::from_secs(1)),
+            "still waiting at peer 2: {at_2:?}"
+        );
     }
 
     #[test]
