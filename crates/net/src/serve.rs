@@ -4,9 +4,10 @@
 //! [`crate::endpoint::MAX_STREAMS_PER_PEER`] concurrent requests per connection; a
 //! request must arrive within [`REQUEST_READ_TIMEOUT`] and be at most
 //! `MAX_REQUEST_BYTES`; one blob request asks for at most `MAX_BLOB_REQUEST_BYTES`;
-//! answers being assembled in memory share a budget of [`ANSWER_BUDGET`] bytes; a
-//! peer sending requests faster than [`REQUESTS_PER_SEC`] gets `Busy`; the upload cap
-//! paces every answer.
+//! answers being assembled in memory share a budget of [`ANSWER_BUDGET`] bytes
+//! (requests wait for it first come, first served, and leave the queue if the asker
+//! withdraws them); a peer sending requests faster than [`REQUESTS_PER_SEC`] gets
+//! `Busy`; the upload cap paces every answer.
 //!
 //! Only the validated encoder produces blob data: holes are refused (`NotPresent`) and
 //! rot found on the way is reported (`Corrupt`) and marked missing, never sent.

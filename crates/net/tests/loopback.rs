@@ -199,3 +199,51 @@ async fn allow_list_keeps_strangers_out() {
         env
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_withdrawn_while_it_waits_leaves_the_servers_queue() {
+    // A seed paced at 1 MiB/s: four 16 MiB answers fill its answer budget for a
+    // minute, so a fifth request waits its turn. The asker withdraws it.
+    let key = SecretKey::generate();
+    let seed = node(NetConfig {
+        upload_rate: 1 << 20,
+        ..config()
+    });
+    let bytes = data(80 << 20, 7);
+    publish(&seed, &[("big.bin", bytes.clone())], &key);
+    let hash = modeld_core::Hash::of(&bytes);
+    let leech = node(config());
+    let conn = modeld_net::client::PeerConn::connect(&leech.net, addr(&seed))
+        .await
+        .unwrap();
+    let wait = Duration::from_secs(60);
+    let ask = |i: u64| {
+        let conn = conn.clone();
+        let r = modeld_core::ranges::from_bytes(i * (16 << 20)..(i + 1) * (16 << 20));
+        tokio::spawn(async move { conn.blob(hash, 80 << 20, &r, wait).await })
+    };
+    let filling: Vec<_> = (0..4).map(ask).collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let waiting = ask(4);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let withdrawn = || {
+        seed.net
+            .counters()
+            .requests_withdrawn
+            .load(Ordering::Relaxed)
+    };
+    assert_eq!(withdrawn(), 0);
+    waiting.abort();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while withdrawn() == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the server kept the withdrawn request in its queue"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(withdrawn(), 1);
+    for f in filling {
+        f.abort();
+    }
+}
