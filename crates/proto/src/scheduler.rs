@@ -870,10 +870,11 @@ impl<P: Ord + Copy + Debug> Scheduler<P> {
 
     /// A peer is a last resort if it needs longer than `horizon` seconds to deliver one
     /// piece and is [`LAST_RESORT_RATIO`] times slower than the `median` measured rate
-    /// (computed only then). Its rate is the measured one, or less if its oldest
-    /// request has been waiting longer: a seed swamped by a burst may not answer a
-    /// fetch's first request for a minute, and must not count as unmeasured all that
-    /// time. A last resort is asked only for pieces no quicker peer has: otherwise
+    /// (computed only then). Its rate is the measured one; before its first answer, what
+    /// its oldest request shows once that has waited longer than `horizon`: a seed
+    /// swamped by a burst may not answer a fetch's first request for a minute, and
+    /// must not count as unmeasured all that time (a measured peer's answers keep its
+    /// rate current, and its queue is sized to that rate). A last resort is asked only for pieces no quicker peer has: otherwise
     /// every fetch keeps a request in its long queue for a piece others could send
     /// now, and the pieces only it has wait behind them. The judgement expires: a peer
     /// idle for [`LAST_RESORT_PROBE`] horizons is asked once more (a probe), and its
@@ -888,10 +889,7 @@ impl<P: Ord + Copy + Debug> Scheduler<P> {
         if p.banned || p.gone {
             return Standing::Quick;
         }
-        let rate = match (p.rate, self.overdue_rate(p, now, horizon)) {
-            (Some(measured), Some(bound)) => Some(measured.min(bound)),
-            (measured, bound) => measured.or(bound),
-        };
+        let rate = p.rate.or_else(|| self.overdue_rate(p, now, horizon));
         let piece = self.config.piece_bytes as f64;
         if !rate.is_some_and(|r| piece > r * horizon && r * LAST_RESORT_RATIO < median()) {
             Standing::Quick
@@ -905,7 +903,7 @@ impl<P: Ord + Copy + Debug> Scheduler<P> {
     }
 
     /// The rate a peer's oldest request shows, if it has waited longer than `horizon`:
-    /// one piece over its age (at most what the peer delivers).
+    /// one piece over its age (at least as fast as the peer delivers).
     fn overdue_rate(&self, p: &Peer, now: Duration, horizon: f64) -> Option<f64> {
         // Request ids grow with time: the first is the oldest.
         let oldest = self.requests.get(p.inflight.first()?)?;
@@ -915,9 +913,9 @@ impl<P: Ord + Copy + Debug> Scheduler<P> {
 
     /// Withdraws the requests waiting at last resorts (probes aside) whose pieces a
     /// quicker peer now has: the piece goes back to the missing ones, the quicker peer
-    /// sends it, and the last resort's queue is left to the pieces only it has. If
-    /// the peer's oldest request was overdue, the rate it showed becomes the peer's
-    /// measured rate, so the peer stays a last resort until probed. Returns whether
+    /// sends it, and the last resort's queue is left to the pieces only it has. A peer
+    /// not yet measured keeps the rate its overdue request showed as its measured
+    /// rate, so it stays a last resort until probed. Returns whether
     /// anything was withdrawn (the cancels are queued).
     fn withdraw_from_last_resorts(
         &mut self,
@@ -936,6 +934,7 @@ impl<P: Ord + Copy + Debug> Scheduler<P> {
                 !o.probe && self.quicker_holder(o.piece, peers, last_resort)
             }));
             if stale.len() > before
+                && p.rate.is_none()
                 && let Some(bound) = self.overdue_rate(p, now, horizon)
             {
                 shown.push((*k, bound));
@@ -943,7 +942,7 @@ impl<P: Ord + Copy + Debug> Scheduler<P> {
         }
         for (k, bound) in shown {
             if let Some(p) = self.peers.get_mut(&k) {
-                p.rate = Some(p.rate.map_or(bound, |r| r.min(bound)));
+                p.rate = Some(bound);
             }
         }
         for &id in &stale {
