@@ -902,13 +902,17 @@ impl<P: Ord + Copy + Debug> Scheduler<P> {
         }
     }
 
-    /// The rate a peer's oldest request shows, if it has waited longer than `horizon`:
-    /// one piece over its age (at least as fast as the peer delivers).
+    /// The rate a peer's oldest request shows, if it has waited longer than `horizon`
+    /// and than the configured late horizon ([`LATE_FACTOR`] configured queue
+    /// targets, however short a fast fetch makes its own): one piece over its age (at
+    /// least as fast as the peer delivers). A new peer's first answer takes a few
+    /// round trips; on a fast link the shortened horizon is a fraction of a second.
     fn overdue_rate(&self, p: &Peer, now: Duration, horizon: f64) -> Option<f64> {
         // Request ids grow with time: the first is the oldest.
         let oldest = self.requests.get(p.inflight.first()?)?;
         let age = now.saturating_sub(oldest.sent).as_secs_f64();
-        (age > horizon).then(|| self.config.piece_bytes as f64 / age)
+        let floor = LATE_FACTOR * self.config.queue_target.as_secs_f64();
+        (age > horizon.max(floor)).then(|| self.config.piece_bytes as f64 / age)
     }
 
     /// Withdraws the requests waiting at last resorts (probes aside) whose pieces a
@@ -1633,7 +1637,8 @@ mod tests {
     #[test]
     fn requests_waiting_at_a_last_resort_are_withdrawn_once_a_quicker_peer_has_the_piece() {
         // Peer 1 is quick and has the first half; peer 2, a seed swamped by a burst,
-        // has everything and never answers. At 1 s peer 1 has everything too.
+        // has everything and never answers. At 3 s (past the 2 s late horizon) peer 1 has
+        // everything too.
         let mut s = Scheduler::new(&[spec(40 * MIB)], SchedulerConfig::default());
         s.add_peer(1, T0);
         s.peer_has(1, 0, &ranges::from_bytes(0..20 * MIB), T0);
@@ -1651,7 +1656,7 @@ mod tests {
             for id in std::mem::take(&mut at_1) {
                 s.on_complete(id, now);
             }
-            if now == Duration::from_secs(1) {
+            if now == Duration::from_secs(3) {
                 s.peer_has(1, 0, &ChunkRanges::all(), now);
             }
             for a in all_requests(&mut s, now) {
@@ -1675,7 +1680,7 @@ mod tests {
                         assert!(
                             !at_2
                                 .values()
-                                .any(|(r, sent)| *r == ranges && *sent < Duration::from_secs(1)),
+                                .any(|(r, sent)| *r == ranges && *sent < Duration::from_secs(3)),
                             "peer 1 asked for {ranges:?} while peer 2 still holds it"
                         );
                         at_1.push(id);
