@@ -807,7 +807,8 @@ impl<P: Ord + Copy + Debug> Scheduler<P> {
             .map(|s| *s == Standing::LastResort)
             .collect();
         let n_last_resort = last_resort.iter().filter(|&&x| x).count() as u32;
-        if n_last_resort > 0 && self.withdraw_from_last_resorts(&peers, &last_resort, now) {
+        if n_last_resort > 0 && self.withdraw_from_last_resorts(&peers, &last_resort, horizon, now)
+        {
             return self.queued.pop();
         }
         for k in 0..peers.len() {
@@ -925,11 +926,11 @@ impl<P: Ord + Copy + Debug> Scheduler<P> {
         &mut self,
         peers: &[P],
         last_resort: &[bool],
+        horizon: f64,
         now: Duration,
     ) -> bool {
         let mut stale = Vec::new();
         let mut shown = Vec::new();
-        let horizon = LATE_FACTOR * self.queue_target();
         for (k, _) in peers.iter().zip(last_resort).filter(|(_, slow)| **slow) {
             let p = &self.peers[k];
             let before = stale.len();
