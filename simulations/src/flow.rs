@@ -7,10 +7,15 @@
 //! which frees capacity elsewhere, and so on). Between recomputations every flow
 //! moves at a constant rate, so its completion time is known exactly.
 //!
-//! Recomputing is `O(flows x resources per flow x log resources)`. For large runs,
-//! recomputations can be spaced by at least `min_gap`: a flow that starts or ends in
-//! between waits at most that long for its new rate. `min_gap = 0` recomputes at
-//! every change (exact max-min at all times).
+//! Recomputing is `O(flows x resources per flow x log resources)`: the resources
+//! wait in an indexed heap keyed by their current fair share (one entry each, so
+//! the heap stays as small as the number of resources and in cache), and the hot
+//! per-flow fields (rate, bytes left, whether fixed yet) live in dense arrays apart
+//! from the cold ones (path, tag), because the filling visits flows in no
+//! particular order. For large runs, recomputations can be spaced by at least
+//! `min_gap`: a flow that starts or ends in between waits at most that long for
+//! its new rate. `min_gap = 0` recomputes at every change (exact max-min at all
+//! times).
 
 use std::{
     cmp::{Ordering, Reverse},
@@ -33,38 +38,17 @@ pub struct FlowId {
     generation: u32,
 }
 
+/// What the solver reads once per flow and recomputation (the hot fields are in
+/// [`Network`]'s dense arrays).
 #[derive(Debug)]
 struct Flow {
-    /// The resources it crosses: the first `hops` of `path` (kept inline: the solver
-    /// walks them for every flow).
+    /// The resources it crosses: the first `hops` of `path`.
     path: [ResourceId; MAX_HOPS],
     /// Where this flow sits in each of those resources' member lists.
     positions: [u32; MAX_HOPS],
     hops: u8,
     bytes: f64,
-    /// Bytes left at `since`.
-    remaining: f64,
-    since: Nanos,
-    rate: f64,
     tag: u64,
-}
-
-/// An f64 that orders totally (rates and shares are finite and non-negative).
-#[derive(Debug, Clone, Copy, PartialEq)]
-struct Share(f64);
-
-impl Eq for Share {}
-
-impl PartialOrd for Share {
-    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-impl Ord for Share {
-    fn cmp(&self, other: &Self) -> Ordering {
-        self.0.total_cmp(&other.0)
-    }
 }
 
 /// A flow that finished.
@@ -86,6 +70,12 @@ pub struct Network {
     carried: Vec<f64>,
     slots: Vec<Option<Flow>>,
     generations: Vec<u32>,
+    /// Per slot: the rate set at the last recomputation (0 for a flow added since).
+    rate: Vec<f64>,
+    /// Per slot: bytes left at the last recomputation (or when added, if later).
+    remaining: Vec<f64>,
+    /// Per slot: the recomputation that last fixed its rate.
+    fixed_in: Vec<u32>,
     free: Vec<u32>,
     active: usize,
     /// Completion times computed at the last recomputation (stale entries skipped).
@@ -94,6 +84,8 @@ pub struct Network {
     last_recompute: Option<Nanos>,
     min_gap: Nanos,
     recomputations: u64,
+    /// Numbers recomputations for `fixed_in` (wraps; only equality matters).
+    epoch: u32,
     /// The flows (slots) across each resource, kept as flows come and go.
     members: Vec<Vec<u32>>,
     // Scratch space reused by `recompute`.
@@ -101,7 +93,8 @@ pub struct Network {
     unfixed: Vec<u32>,
     touched: Vec<u32>,
     is_touched: Vec<bool>,
-    heap: Vec<Reverse<(Share, u32)>>,
+    heap: ShareHeap,
+    after: Vec<u32>,
 }
 
 impl Network {
@@ -115,10 +108,14 @@ impl Network {
             unfixed: vec![0; n],
             touched: Vec::new(),
             is_touched: vec![false; n],
-            heap: Vec::new(),
+            heap: ShareHeap::new(n),
+            after: Vec::new(),
             capacity,
             slots: Vec::new(),
             generations: Vec::new(),
+            rate: Vec::new(),
+            remaining: Vec::new(),
+            fixed_in: Vec::new(),
             free: Vec::new(),
             active: 0,
             completions: BinaryHeap::new(),
@@ -126,6 +123,7 @@ impl Network {
             last_recompute: None,
             min_gap,
             recomputations: 0,
+            epoch: 0,
         }
     }
 
@@ -155,46 +153,48 @@ impl Network {
         self.recomputations
     }
 
-    /// Starts a flow of `bytes` across `resources` at `now`.
-    pub fn add(&mut self, now: Nanos, resources: &[ResourceId], bytes: u64, tag: u64) -> FlowId {
+    /// Starts a flow of `bytes` across `resources` at `now`. It moves at rate 0
+    /// until the next recomputation.
+    pub fn add(&mut self, _now: Nanos, resources: &[ResourceId], bytes: u64, tag: u64) -> FlowId {
         assert!(
-            resources.len() <= MAX_HOPS,
-            "a flow crosses at most {MAX_HOPS} resources"
+            (1..=MAX_HOPS).contains(&resources.len()),
+            "a flow crosses 1 to {MAX_HOPS} resources"
         );
         let mut path = [0; MAX_HOPS];
         path[..resources.len()].copy_from_slice(resources);
-        let flow = Flow {
+        let mut flow = Flow {
             path,
             positions: [0; MAX_HOPS],
             hops: resources.len() as u8,
             bytes: bytes as f64,
-            remaining: bytes as f64,
-            since: now,
-            rate: 0.0,
             tag,
         };
         let slot = match self.free.pop() {
-            Some(s) => {
-                self.slots[s as usize] = Some(flow);
-                s
-            }
+            Some(s) => s,
             None => {
-                self.slots.push(Some(flow));
+                self.slots.push(None);
                 self.generations.push(0);
+                self.rate.push(0.0);
+                self.remaining.push(0.0);
+                self.fixed_in.push(0);
                 (self.slots.len() - 1) as u32
             }
         };
-        let flow = self.slots[slot as usize].as_mut().expect("just stored");
-        for k in 0..usize::from(flow.hops) {
-            let list = &mut self.members[flow.path[k] as usize];
+        for (k, &r) in resources.iter().enumerate() {
+            let list = &mut self.members[r as usize];
             flow.positions[k] = list.len() as u32;
             list.push(slot);
         }
+        let s = slot as usize;
+        self.slots[s] = Some(flow);
+        self.rate[s] = 0.0;
+        self.remaining[s] = bytes as f64;
+        self.fixed_in[s] = self.epoch;
         self.active += 1;
         self.dirty = true;
         FlowId {
             slot,
-            generation: self.generations[slot as usize],
+            generation: self.generations[s],
         }
     }
 
@@ -206,9 +206,18 @@ impl Network {
         let Some(flow) = self.slots[id.slot as usize].take() else {
             return 0;
         };
-        let done = (flow.bytes - remaining_at(&flow, now)).max(0.0);
+        let done = (flow.bytes - self.remaining_at(id.slot, now)).max(0.0);
         self.retire(id.slot, &flow, done);
         done as u64
+    }
+
+    /// Bytes flow `slot` has left at `now`: every flow moving now got its rate at
+    /// the last recomputation (flows added since have rate 0).
+    fn remaining_at(&self, slot: u32, now: Nanos) -> f64 {
+        let since = self.last_recompute.unwrap_or(now);
+        let secs = now.saturating_sub(since) as f64 / 1e9;
+        let s = slot as usize;
+        (self.remaining[s] - self.rate[s] * secs).max(0.0)
     }
 
     fn retire(&mut self, slot: u32, flow: &Flow, transferred: f64) {
@@ -228,6 +237,7 @@ impl Network {
                 m.positions[k] = at;
             }
         }
+        self.rate[slot as usize] = 0.0;
         self.generations[slot as usize] = self.generations[slot as usize].wrapping_add(1);
         self.free.push(slot);
         self.active -= 1;
@@ -286,43 +296,46 @@ impl Network {
     /// earliest of the rest: until then nothing else can finish, and every change
     /// marks the rates out of date.
     pub fn recompute(&mut self, now: Nanos) {
+        let since = self.last_recompute.unwrap_or(now);
+        let elapsed = now.saturating_sub(since) as f64 / 1e9;
         self.dirty = false;
         self.last_recompute = Some(now);
         self.recomputations += 1;
-        self.completions.clear();
+        self.epoch = self.epoch.wrapping_add(1);
+        let epoch = self.epoch;
         self.left.copy_from_slice(&self.capacity);
         self.heap.clear();
         for (r, m) in self.members.iter().enumerate() {
             self.unfixed[r] = m.len() as u32;
             if !m.is_empty() {
                 self.heap
-                    .push(Reverse((Share(self.left[r] / m.len() as f64), r as u32)));
+                    .insert_unordered(r as u32, self.left[r] / m.len() as f64);
             }
         }
-        for flow in self.slots.iter_mut().flatten() {
-            flow.remaining = remaining_at(flow, now);
-            flow.since = now;
-            flow.rate = f64::INFINITY;
-        }
+        self.heap.heapify();
+        let window_end = now.saturating_add(self.min_gap);
+        let mut first_after = Nanos::MAX;
+        self.after.clear();
+        let mut due = std::mem::take(&mut self.completions).into_vec();
+        due.clear();
         // Progressive filling: the resource with the smallest fair share is the
         // bottleneck of its unfixed flows; fixing them frees capacity elsewhere.
-        let mut heap = BinaryHeap::from(std::mem::take(&mut self.heap));
-        while let Some(Reverse((Share(share), r))) = heap.pop() {
+        while let Some((r, share)) = self.heap.pop() {
             let r = r as usize;
             if self.unfixed[r] == 0 {
                 continue;
             }
-            let current = self.left[r].max(0.0) / f64::from(self.unfixed[r]);
-            if current != share {
-                heap.push(Reverse((Share(current), r as u32)));
-                continue;
-            }
             for &slot in &self.members[r] {
-                let flow = self.slots[slot as usize].as_mut().expect("member");
-                if flow.rate.is_finite() {
+                let s = slot as usize;
+                if self.fixed_in[s] == epoch {
                     continue;
                 }
-                flow.rate = share;
+                self.fixed_in[s] = epoch;
+                // Bytes left now, at the old rate; then the new rate.
+                let remaining = (self.remaining[s] - self.rate[s] * elapsed).max(0.0);
+                self.remaining[s] = remaining;
+                self.rate[s] = share;
+                let flow = self.slots[s].as_ref().expect("member");
                 for &o in flow.resources() {
                     let o = o as usize;
                     self.left[o] -= share;
@@ -332,45 +345,43 @@ impl Network {
                         self.touched.push(o as u32);
                     }
                 }
+                // Its completion: within the window, or the earliest after it.
+                let finish = if share > 0.0 {
+                    Some(now + (remaining / share * 1e9).ceil() as Nanos)
+                } else if remaining <= 0.0 {
+                    Some(now)
+                } else {
+                    None
+                };
+                match finish {
+                    Some(t) if t <= window_end => {
+                        due.push(Reverse((t, slot, self.generations[s])));
+                    }
+                    Some(t) if t < first_after => {
+                        first_after = t;
+                        self.after.clear();
+                        self.after.push(slot);
+                    }
+                    Some(t) if t == first_after => self.after.push(slot),
+                    _ => {}
+                }
             }
-            // Each resource that lost flows gets its new share once.
+            // Each resource that lost flows gets its new share.
             for o in self.touched.drain(..) {
                 let o = o as usize;
                 self.is_touched[o] = false;
                 if self.unfixed[o] > 0 {
                     let share = self.left[o].max(0.0) / f64::from(self.unfixed[o]);
-                    heap.push(Reverse((Share(share), o as u32)));
+                    self.heap.set(o as u32, share);
                 }
             }
         }
-        self.heap = heap.into_vec();
-        // Completion times: those within the window, and the earliest after it.
-        let window_end = now.saturating_add(self.min_gap);
-        let mut first_after = Nanos::MAX;
-        let finish = |flow: &Flow| -> Option<Nanos> {
-            if flow.rate > 0.0 && flow.rate.is_finite() {
-                Some(now + (flow.remaining / flow.rate * 1e9).ceil() as Nanos)
-            } else if flow.remaining <= 0.0 {
-                Some(now)
-            } else {
-                None
-            }
-        };
-        for flow in self.slots.iter().flatten() {
-            if let Some(t) = finish(flow)
-                && t > window_end
-            {
-                first_after = first_after.min(t);
-            }
-        }
-        let mut due = Vec::new();
-        for (slot, flow) in self.slots.iter().enumerate() {
-            let Some(flow) = flow else { continue };
-            if let Some(t) = finish(flow)
-                && (t <= window_end || t == first_after)
-            {
-                due.push(Reverse((t, slot as u32, self.generations[slot])));
-            }
+        for &slot in &self.after {
+            due.push(Reverse((
+                first_after,
+                slot,
+                self.generations[slot as usize],
+            )));
         }
         self.completions = BinaryHeap::from(due);
     }
@@ -382,9 +393,119 @@ impl Flow {
     }
 }
 
-fn remaining_at(flow: &Flow, now: Nanos) -> f64 {
-    let secs = now.saturating_sub(flow.since) as f64 / 1e9;
-    (flow.remaining - flow.rate * secs).max(0.0)
+/// An indexed min-heap of resources keyed by (fair share, id): one entry per
+/// resource, updated in place as its share changes.
+#[derive(Debug)]
+struct ShareHeap {
+    heap: Vec<u32>,
+    /// Where each resource sits in `heap` (`ABSENT` if it does not).
+    pos: Vec<u32>,
+    share: Vec<f64>,
+}
+
+const ABSENT: u32 = u32::MAX;
+
+impl ShareHeap {
+    fn new(resources: usize) -> Self {
+        Self {
+            heap: Vec::new(),
+            pos: vec![ABSENT; resources],
+            share: vec![0.0; resources],
+        }
+    }
+
+    fn clear(&mut self) {
+        for &r in &self.heap {
+            self.pos[r as usize] = ABSENT;
+        }
+        self.heap.clear();
+    }
+
+    /// Adds `r` without restoring the heap order (call [`Self::heapify`] after).
+    fn insert_unordered(&mut self, r: u32, share: f64) {
+        self.share[r as usize] = share;
+        self.pos[r as usize] = self.heap.len() as u32;
+        self.heap.push(r);
+    }
+
+    fn heapify(&mut self) {
+        for i in (0..self.heap.len() / 2).rev() {
+            self.sift_down(i);
+        }
+    }
+
+    /// Sets `r`'s share, adding it if absent.
+    fn set(&mut self, r: u32, share: f64) {
+        let old = self.share[r as usize];
+        self.share[r as usize] = share;
+        match self.pos[r as usize] {
+            ABSENT => {
+                self.pos[r as usize] = self.heap.len() as u32;
+                self.heap.push(r);
+                self.sift_up(self.heap.len() - 1);
+            }
+            i if share.total_cmp(&old) == Ordering::Less => self.sift_up(i as usize),
+            i => self.sift_down(i as usize),
+        }
+    }
+
+    /// Removes the resource with the smallest (share, id).
+    fn pop(&mut self) -> Option<(u32, f64)> {
+        let top = *self.heap.first()?;
+        let last = self.heap.pop().expect("non-empty");
+        self.pos[top as usize] = ABSENT;
+        if !self.heap.is_empty() {
+            self.heap[0] = last;
+            self.pos[last as usize] = 0;
+            self.sift_down(0);
+        }
+        Some((top, self.share[top as usize]))
+    }
+
+    fn less(&self, a: u32, b: u32) -> bool {
+        let (sa, sb) = (self.share[a as usize], self.share[b as usize]);
+        sa.total_cmp(&sb).then(a.cmp(&b)) == Ordering::Less
+    }
+
+    fn place(&mut self, i: usize, r: u32) {
+        self.heap[i] = r;
+        self.pos[r as usize] = i as u32;
+    }
+
+    fn sift_up(&mut self, mut i: usize) {
+        let r = self.heap[i];
+        while i > 0 {
+            let parent = (i - 1) / 2;
+            let p = self.heap[parent];
+            if !self.less(r, p) {
+                break;
+            }
+            self.place(i, p);
+            i = parent;
+        }
+        self.place(i, r);
+    }
+
+    fn sift_down(&mut self, mut i: usize) {
+        let r = self.heap[i];
+        let n = self.heap.len();
+        loop {
+            let mut child = 2 * i + 1;
+            if child >= n {
+                break;
+            }
+            if child + 1 < n && self.less(self.heap[child + 1], self.heap[child]) {
+                child += 1;
+            }
+            let c = self.heap[child];
+            if !self.less(c, r) {
+                break;
+            }
+            self.place(i, c);
+            i = child;
+        }
+        self.place(i, r);
+    }
 }
 
 #[cfg(test)]
@@ -470,6 +591,61 @@ mod tests {
         assert_eq!(net.remove(S, a), 10_000_000);
         assert_eq!(net.remove(S, a), 0, "a stale id names nothing");
         assert_eq!(net.active(), 0);
+    }
+
+    /// The rates of every live flow, by slot.
+    fn rates(net: &Network) -> Vec<(usize, f64)> {
+        (0..net.slots.len())
+            .filter(|&s| net.slots[s].is_some())
+            .map(|s| (s, net.rate[s]))
+            .collect()
+    }
+
+    proptest::proptest! {
+        /// Max-min fairness, checked by its definition: no resource carries more
+        /// than its capacity, and every flow has a bottleneck: a full resource on
+        /// which no flow is faster than it.
+        #[test]
+        fn rates_are_max_min_fair(
+            capacity in proptest::collection::vec(1u32..1000, 1..12),
+            paths in proptest::collection::vec(
+                proptest::collection::vec(0usize..64, 1..=MAX_HOPS), 1..40),
+            removed in proptest::collection::vec(0usize..40, 0..10),
+        ) {
+            let r = capacity.len();
+            let mut net = Network::new(capacity.iter().map(|&c| f64::from(c)).collect(), 0);
+            let mut ids = Vec::new();
+            for path in &paths {
+                let mut path: Vec<ResourceId> = path.iter().map(|&x| (x % r) as u32).collect();
+                path.sort_unstable();
+                path.dedup();
+                ids.push(net.add(0, &path, 1_000_000, 0));
+            }
+            net.recompute(0);
+            for &k in &removed {
+                net.remove(S / 1000, ids[k % ids.len()]);
+            }
+            net.recompute(S / 1000);
+            let rates = rates(&net);
+            let mut load = vec![0.0; r];
+            for &(s, rate) in &rates {
+                for &x in net.slots[s].as_ref().unwrap().resources() {
+                    load[x as usize] += rate;
+                }
+            }
+            for (x, (load, cap)) in load.iter().zip(&net.capacity).enumerate() {
+                proptest::prop_assert!(*load <= cap * (1.0 + 1e-9), "resource {} over capacity", x);
+            }
+            for &(s, rate) in &rates {
+                let flow = net.slots[s].as_ref().unwrap();
+                let bottleneck = flow.resources().iter().any(|&x| {
+                    let x = x as usize;
+                    let full = load[x] >= net.capacity[x] * (1.0 - 1e-9);
+                    full && net.members[x].iter().all(|&o| net.rate[o as usize] <= rate * (1.0 + 1e-9))
+                });
+                proptest::prop_assert!(bottleneck, "flow {} at {} has no bottleneck", s, rate);
+            }
+        }
     }
 
     #[test]
