@@ -707,23 +707,13 @@ impl Swarm {
         }
         let now = self.now;
         for (_, _, _, p) in candidates.into_iter().take(room) {
-            let versions = self.hosts[p as usize].version.clone();
-            let haves: Vec<(usize, ChunkRanges)> = self.hosts[p as usize]
-                .have
-                .iter()
-                .enumerate()
-                .filter(|(_, r)| !r.is_empty())
-                .map(|(b, r)| (b, r.clone()))
-                .collect();
             self.hosts[p as usize].watchers.insert(h);
             let f = self.fetch_mut(h).expect("fetching");
             f.peers.insert(p);
             // A peer disconnected earlier starts afresh (a banned one stays out).
             f.sched.readmit_peer(p, Duration::from_nanos(now));
-            for (b, r) in haves {
-                f.sched.peer_has(p, b, &r, Duration::from_nanos(now));
-            }
-            f.seen.insert(p, versions);
+            f.seen.remove(&p);
+            self.feed_haves(h, p, Duration::from_nanos(now));
         }
     }
 
@@ -758,29 +748,35 @@ impl Swarm {
             None => return,
         };
         for p in peers {
-            let peer = &self.hosts[p as usize];
-            if !peer.alive {
-                continue;
+            if self.hosts[p as usize].alive {
+                self.feed_haves(h, p, now);
             }
-            let changed: Vec<(usize, ChunkRanges)> = {
-                let f = self.hosts[h as usize].fetch.as_deref().expect("fetching");
-                let seen = &f.seen[&p];
-                peer.version
-                    .iter()
-                    .enumerate()
-                    .filter(|(b, v)| seen[*b] != **v)
-                    .map(|(b, _)| (b, peer.have[b].clone()))
-                    .collect()
-            };
-            if changed.is_empty() {
-                continue;
+        }
+    }
+
+    /// Tells host `h`'s scheduler what peer `p` has of the blobs whose have-map
+    /// changed since `h` last looked (all of them, the first time).
+    fn feed_haves(&mut self, h: u32, p: u32, now: Duration) {
+        let [host, peer] = self
+            .hosts
+            .get_disjoint_mut([h as usize, p as usize])
+            .expect("a host is not its own peer");
+        let Some(f) = host.fetch.as_deref_mut() else {
+            return;
+        };
+        let seen = f.seen.entry(p).or_default();
+        if seen.len() != peer.version.len() {
+            // Never looked: every blob counts as changed (an empty one says nothing).
+            seen.clear();
+            seen.extend(peer.version.iter().map(|v| v.wrapping_sub(1)));
+        }
+        for (b, (v, have)) in peer.version.iter().zip(&peer.have).enumerate() {
+            if seen[b] != *v {
+                seen[b] = *v;
+                if !have.is_empty() || *v > 0 {
+                    f.sched.peer_has(p, b, have, now);
+                }
             }
-            let versions = peer.version.clone();
-            let f = self.fetch_mut(h).expect("fetching");
-            for (b, r) in changed {
-                f.sched.peer_has(p, b, &r, now);
-            }
-            f.seen.insert(p, versions);
         }
     }
 

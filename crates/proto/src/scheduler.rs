@@ -517,6 +517,9 @@ impl<P: Ord + Copy + Debug> Scheduler<P> {
     }
 
     /// What `peer` has of blob `blob` (replacing what it said before).
+    ///
+    /// Only the pieces whose ranges meet what changed are looked at: a growing
+    /// have-map updates a few pieces of a blob that may have thousands.
     pub fn peer_has(&mut self, peer: P, blob: usize, has: &ChunkRanges, _now: Duration) {
         let Some(p) = self.peers.get_mut(&peer) else {
             return;
@@ -524,8 +527,32 @@ impl<P: Ord + Copy + Debug> Scheduler<P> {
         if p.banned || p.gone || blob >= self.sizes.len() {
             return;
         }
-        p.has[blob] = ranges::clip(has, self.sizes[blob]);
-        for i in self.blob_pieces[blob].clone() {
+        let has = ranges::clip(has, self.sizes[blob]);
+        let changed = &p.has[blob] ^ &has;
+        p.has[blob] = has;
+        let pieces = self.blob_pieces[blob].clone();
+        let of_blob = &self.pieces[pieces.clone()];
+        // A piece's need lies within its own range, so within a blob both ends of
+        // the needs grow with the piece index.
+        let first = |pc: &Piece| pc.need.boundaries()[0];
+        let end = |pc: &Piece| {
+            *pc.need
+                .boundaries()
+                .last()
+                .expect("a piece needs something")
+        };
+        let mut affected = Vec::new();
+        for span in changed.boundaries().chunks(2) {
+            let lo = of_blob.partition_point(|pc| end(pc) <= span[0]);
+            let hi = match span.get(1) {
+                Some(&stop) => of_blob.partition_point(|pc| first(pc) < stop),
+                None => of_blob.len(),
+            };
+            // Spans are sorted, so pieces come in order; one may meet two spans.
+            let from = (pieces.start + lo).max(affected.last().map_or(0, |&i: &usize| i + 1));
+            affected.extend(from..pieces.start + hi);
+        }
+        for i in affected {
             let p = self.peers.get_mut(&peer).expect("present");
             let now_has = self.pieces[i].need.is_subset(&p.has[blob]);
             if now_has != p.has_piece[i] {
@@ -1720,6 +1747,55 @@ mod tests {
         };
         assert_eq!(run(1), run(1));
         assert_ne!(run(1), run(2));
+    }
+
+    proptest! {
+        /// However a peer's have-maps change (growing, shrinking, in pieces, past the
+        /// end), what the scheduler believes it has equals what a full recount gives.
+        #[test]
+        fn have_map_updates_match_a_full_recount(
+            present in proptest::collection::vec((0u64..40, 1u64..8), 0..4),
+            updates in proptest::collection::vec(
+                (0u32..3, 0usize..2, proptest::collection::vec((0u64..800, 1u64..300), 0..4)),
+                1..30),
+        ) {
+            let sizes = [4 * MIB + 100, 2 * MIB];
+            let mut done = ChunkRanges::empty();
+            for (start, len) in present {
+                done |= ChunkRanges::from(ChunkNum(start * 16)..ChunkNum((start + len) * 16));
+            }
+            let blobs: Vec<BlobSpec> = sizes
+                .iter()
+                .map(|&size| BlobSpec { size, present: ranges::clip(&done, size) })
+                .collect();
+            let cfg = SchedulerConfig { piece_bytes: 256 * 1024, ..SchedulerConfig::default() };
+            let mut s = Scheduler::new(&blobs, cfg);
+            for p in 0..3 {
+                s.add_peer(p, T0);
+            }
+            for (peer, blob, spans) in updates {
+                let mut has = ChunkRanges::empty();
+                for (start, len) in spans {
+                    has |= ChunkRanges::from(ChunkNum(start)..ChunkNum(start + len));
+                }
+                s.peer_has(peer, blob, &has, T0);
+                prop_assert_eq!(&s.peers[&peer].has[blob], &ranges::clip(&has, sizes[blob]));
+            }
+            for (i, piece) in s.pieces.iter().enumerate() {
+                let mut holders = 0;
+                for p in s.peers.values() {
+                    let has = piece.need.is_subset(&p.has[piece.blob]);
+                    prop_assert_eq!(p.has_piece[i], has, "piece {} misjudged", i);
+                    holders += u32::from(has);
+                }
+                prop_assert_eq!(piece.avail, holders, "availability of piece {}", i);
+            }
+            for p in s.peers.values() {
+                let held = p.has_piece.iter().filter(|&&h| h).count() as u32;
+                prop_assert_eq!(p.offer, held);
+                prop_assert_eq!(p.useful, held);
+            }
+        }
     }
 
     proptest! {
