@@ -33,7 +33,11 @@ pub fn all(size: u64) -> ChunkRanges {
 
 /// `ranges` with everything at or past the end of a blob of `size` bytes removed.
 pub fn clip(ranges: &ChunkRanges, size: u64) -> ChunkRanges {
-    ranges & &all(size)
+    match ranges.boundaries() {
+        // Bounded and within the blob already (the common case): a plain copy.
+        b if b.len() % 2 == 0 && b.last().is_none_or(|end| end.0 <= chunks(size)) => ranges.clone(),
+        _ => ranges & &all(size),
+    }
 }
 
 /// Whether `ranges` covers every chunk of a blob of `size` bytes.
@@ -43,27 +47,27 @@ pub fn is_complete(ranges: &ChunkRanges, size: u64) -> bool {
 
 /// The byte ranges `ranges` covers in a blob of `size` bytes.
 pub fn byte_ranges(ranges: &ChunkRanges, size: u64) -> Vec<Range<u64>> {
-    clip(ranges, size)
-        .iter()
-        .map(|r| {
-            use range_collections::range_set::RangeSetRange;
-            match r {
-                RangeSetRange::Range(r) => {
-                    r.start.0 * CHUNK_BYTES..(r.end.0 * CHUNK_BYTES).min(size)
-                }
-                RangeSetRange::RangeFrom(r) => r.start.0 * CHUNK_BYTES..size,
-            }
-        })
-        .filter(|r| r.start < r.end)
-        .collect()
+    byte_spans(ranges, size).collect()
 }
 
 /// Total bytes `ranges` covers in a blob of `size` bytes.
 pub fn covered_bytes(ranges: &ChunkRanges, size: u64) -> u64 {
-    byte_ranges(ranges, size)
+    byte_spans(ranges, size).map(|r| r.end - r.start).sum()
+}
+
+/// The non-empty byte ranges of `ranges` within a blob of `size` bytes, in order.
+fn byte_spans(ranges: &ChunkRanges, size: u64) -> impl Iterator<Item = Range<u64>> + '_ {
+    use range_collections::range_set::RangeSetRange;
+    ranges
         .iter()
-        .map(|r| r.end - r.start)
-        .sum()
+        .map(move |r| match r {
+            RangeSetRange::Range(r) => {
+                (r.start.0.saturating_mul(CHUNK_BYTES)).min(size)
+                    ..(r.end.0.saturating_mul(CHUNK_BYTES)).min(size)
+            }
+            RangeSetRange::RangeFrom(r) => (r.start.0.saturating_mul(CHUNK_BYTES)).min(size)..size,
+        })
+        .filter(|r| r.start < r.end)
 }
 
 /// Human text for byte ranges: `0..16384, 32768..40000`.
@@ -166,6 +170,37 @@ mod tests {
                 r |= ChunkRanges::from(ChunkNum(pair[0])..ChunkNum(pair[1]));
             }
             prop_assert_eq!(decode(&encode(&r)).unwrap(), r);
+        }
+
+        /// Clipping and byte counting agree with the plain set arithmetic they
+        /// shortcut, for sets within, across and past the end of the blob.
+        #[test]
+        fn clipping_matches_set_arithmetic(
+            mut points in proptest::collection::vec(0u64..60, 0..12),
+            open_end in any::<bool>(),
+            size in 0u64..50_000,
+        ) {
+            points.sort_unstable();
+            points.dedup();
+            let mut r = ChunkRanges::empty();
+            for pair in points.chunks_exact(2) {
+                r |= ChunkRanges::from(ChunkNum(pair[0])..ChunkNum(pair[1]));
+            }
+            if open_end {
+                r |= ChunkRanges::from(ChunkNum(points.last().map_or(0, |p| p + 1))..);
+            }
+            let clipped = &r & &all(size);
+            prop_assert_eq!(&clip(&r, size), &clipped);
+            let mut bytes = 0;
+            for c in 0..chunks(size) {
+                if clipped.contains(&ChunkNum(c)) {
+                    bytes += ((c + 1) * CHUNK_BYTES).min(size) - c * CHUNK_BYTES;
+                }
+            }
+            prop_assert_eq!(covered_bytes(&r, size), bytes);
+            let spans = byte_ranges(&r, size);
+            prop_assert_eq!(spans.iter().map(|s| s.end - s.start).sum::<u64>(), bytes);
+            prop_assert!(spans.windows(2).all(|w| w[0].end < w[1].start), "{:?}", spans);
         }
     }
 }

@@ -326,6 +326,34 @@ pub struct Scheduler<P: Ord + Copy + Debug> {
     present_bytes: u64,
     done_bytes: u64,
     total_bytes: u64,
+    /// Reused by [`Scheduler::peer_has`]: what changed, and the pieces it meets.
+    scratch_bounds: Vec<ChunkNum>,
+    scratch_pieces: Vec<usize>,
+}
+
+/// The boundaries of the symmetric difference of two range sets, given theirs (a
+/// set's boundaries toggle membership, so a point in both cancels out).
+fn toggled(a: &[ChunkNum], b: &[ChunkNum], out: &mut Vec<ChunkNum>) {
+    out.clear();
+    let (mut i, mut j) = (0, 0);
+    while i < a.len() && j < b.len() {
+        match a[i].cmp(&b[j]) {
+            std::cmp::Ordering::Less => {
+                out.push(a[i]);
+                i += 1;
+            }
+            std::cmp::Ordering::Greater => {
+                out.push(b[j]);
+                j += 1;
+            }
+            std::cmp::Ordering::Equal => {
+                i += 1;
+                j += 1;
+            }
+        }
+    }
+    out.extend_from_slice(&a[i..]);
+    out.extend_from_slice(&b[j..]);
 }
 
 fn splitmix(mut x: u64) -> u64 {
@@ -397,6 +425,8 @@ impl<P: Ord + Copy + Debug> Scheduler<P> {
             present_bytes,
             done_bytes: 0,
             total_bytes,
+            scratch_bounds: Vec::new(),
+            scratch_pieces: Vec::new(),
         }
     }
 
@@ -528,7 +558,8 @@ impl<P: Ord + Copy + Debug> Scheduler<P> {
             return;
         }
         let has = ranges::clip(has, self.sizes[blob]);
-        let changed = &p.has[blob] ^ &has;
+        let mut changed = std::mem::take(&mut self.scratch_bounds);
+        toggled(p.has[blob].boundaries(), has.boundaries(), &mut changed);
         p.has[blob] = has;
         let pieces = self.blob_pieces[blob].clone();
         let of_blob = &self.pieces[pieces.clone()];
@@ -541,8 +572,9 @@ impl<P: Ord + Copy + Debug> Scheduler<P> {
                 .last()
                 .expect("a piece needs something")
         };
-        let mut affected = Vec::new();
-        for span in changed.boundaries().chunks(2) {
+        let mut affected = std::mem::take(&mut self.scratch_pieces);
+        affected.clear();
+        for span in changed.chunks(2) {
             let lo = of_blob.partition_point(|pc| end(pc) <= span[0]);
             let hi = match span.get(1) {
                 Some(&stop) => of_blob.partition_point(|pc| first(pc) < stop),
@@ -552,7 +584,8 @@ impl<P: Ord + Copy + Debug> Scheduler<P> {
             let from = (pieces.start + lo).max(affected.last().map_or(0, |&i: &usize| i + 1));
             affected.extend(from..pieces.start + hi);
         }
-        for i in affected {
+        self.scratch_bounds = changed;
+        for &i in &affected {
             let p = self.peers.get_mut(&peer).expect("present");
             let now_has = self.pieces[i].need.is_subset(&p.has[blob]);
             if now_has != p.has_piece[i] {
@@ -574,6 +607,7 @@ impl<P: Ord + Copy + Debug> Scheduler<P> {
                 self.set_avail(i, if now_has { 1 } else { -1 });
             }
         }
+        self.scratch_pieces = affected;
     }
 
     fn set_avail(&mut self, piece: usize, delta: i32) {
