@@ -217,7 +217,8 @@ struct Peer {
     has: Vec<ChunkRanges>,
     /// Per piece, whether the peer has all of its need.
     has_piece: Vec<bool>,
-    inflight: BTreeSet<RequestId>,
+    /// Its outstanding requests, with when each was sent.
+    inflight: BTreeMap<RequestId, Duration>,
     inflight_bytes: u64,
     /// Measured delivery rate (bytes per second), once a request has completed.
     rate: Option<f64>,
@@ -329,6 +330,10 @@ pub struct Scheduler<P: Ord + Copy + Debug> {
     /// Reused by [`Scheduler::peer_has`]: what changed, and the pieces it meets.
     scratch_bounds: Vec<ChunkNum>,
     scratch_pieces: Vec<usize>,
+    /// Reused by [`Scheduler::assign`]: the peers, and their standings.
+    scratch_peers: Vec<P>,
+    scratch_standing: Vec<Standing>,
+    scratch_last_resort: Vec<bool>,
 }
 
 /// The boundaries of the symmetric difference of two range sets, given theirs (a
@@ -427,6 +432,9 @@ impl<P: Ord + Copy + Debug> Scheduler<P> {
             total_bytes,
             scratch_bounds: Vec::new(),
             scratch_pieces: Vec::new(),
+            scratch_peers: Vec::new(),
+            scratch_standing: Vec::new(),
+            scratch_last_resort: Vec::new(),
         }
     }
 
@@ -528,7 +536,7 @@ impl<P: Ord + Copy + Debug> Scheduler<P> {
             Peer {
                 has: vec![ChunkRanges::empty(); self.sizes.len()],
                 has_piece: vec![false; self.pieces.len()],
-                inflight: BTreeSet::new(),
+                inflight: BTreeMap::new(),
                 inflight_bytes: 0,
                 rate: None,
                 meter: Meter::default(),
@@ -676,7 +684,7 @@ impl<P: Ord + Copy + Debug> Scheduler<P> {
         }
         let was_live = !p.gone;
         p.gone = true;
-        let inflight: Vec<RequestId> = std::mem::take(&mut p.inflight).into_iter().collect();
+        let inflight: Vec<RequestId> = std::mem::take(&mut p.inflight).into_keys().collect();
         let had: Vec<usize> = p
             .has_piece
             .iter()
@@ -838,38 +846,53 @@ impl<P: Ord + Copy + Debug> Scheduler<P> {
     }
 
     fn assign(&mut self, now: Duration) -> Option<Action<P>> {
-        if self.inflight_bytes >= self.config.max_inflight_bytes {
+        if self.inflight_bytes >= self.config.max_inflight_bytes || self.peers.is_empty() {
             return None;
         }
-        let peers: Vec<P> = self.peers.keys().copied().collect();
-        if peers.is_empty() {
-            return None;
-        }
-        let endgame = self.missing.is_empty();
         let target = self.queue_target();
-        let late = now.saturating_sub(Duration::from_secs_f64(LATE_FACTOR * target));
-        // Request ids grow with time: the first is the oldest.
-        let none_late = self.requests.values().next().is_none_or(|o| o.sent >= late);
         // A peer that needs longer than the late horizon to deliver one piece is a last
         // resort: a request to it would be late anyway.
         let horizon = LATE_FACTOR * target;
+        // Scratch vectors reused across calls (this runs for every action).
+        let mut peers = std::mem::take(&mut self.scratch_peers);
+        let mut standing = std::mem::take(&mut self.scratch_standing);
+        let mut last_resort = std::mem::take(&mut self.scratch_last_resort);
+        peers.clear();
+        standing.clear();
+        last_resort.clear();
         // The median is needed only once some peer is past the horizon (rarely).
         let median = std::cell::OnceCell::new();
-        let standing: Vec<Standing> = peers
-            .iter()
-            .map(|k| {
-                self.standing(&self.peers[k], now, horizon, || {
-                    *median.get_or_init(|| self.median_rate())
-                })
-            })
-            .collect();
-        let last_resort: Vec<bool> = standing
-            .iter()
-            .map(|s| *s == Standing::LastResort)
-            .collect();
+        for (k, p) in &self.peers {
+            let s = self.standing(p, now, horizon, || {
+                *median.get_or_init(|| self.median_rate())
+            });
+            peers.push(*k);
+            standing.push(s);
+            last_resort.push(s == Standing::LastResort);
+        }
+        let action = self.pick(now, target, &peers, &standing, &last_resort);
+        self.scratch_peers = peers;
+        self.scratch_standing = standing;
+        self.scratch_last_resort = last_resort;
+        action
+    }
+
+    /// [`Scheduler::assign`] once every peer's standing is known.
+    fn pick(
+        &mut self,
+        now: Duration,
+        target: f64,
+        peers: &[P],
+        standing: &[Standing],
+        last_resort: &[bool],
+    ) -> Option<Action<P>> {
+        let endgame = self.missing.is_empty();
+        let horizon = LATE_FACTOR * target;
+        let late = now.saturating_sub(Duration::from_secs_f64(horizon));
+        // Request ids grow with time: the first is the oldest.
+        let none_late = self.requests.values().next().is_none_or(|o| o.sent >= late);
         let n_last_resort = last_resort.iter().filter(|&&x| x).count() as u32;
-        if n_last_resort > 0 && self.withdraw_from_last_resorts(&peers, &last_resort, horizon, now)
-        {
+        if n_last_resort > 0 && self.withdraw_from_last_resorts(peers, last_resort, horizon, now) {
             return self.queued.pop();
         }
         for k in 0..peers.len() {
@@ -895,7 +918,7 @@ impl<P: Ord + Copy + Debug> Scheduler<P> {
             }
             // A last resort duplicates nothing a quicker peer could send.
             let allowed =
-                |i: usize| !last_resort[idx] || !self.quicker_holder(i, &peers, &last_resort);
+                |i: usize| !last_resort[idx] || !self.quicker_holder(i, peers, last_resort);
             let piece = if endgame {
                 self.endgame_piece(&peer, late, allowed)
             } else if p.offer == 0 {
@@ -971,8 +994,8 @@ impl<P: Ord + Copy + Debug> Scheduler<P> {
     /// round trips; on a fast link the shortened horizon is a fraction of a second.
     fn overdue_rate(&self, p: &Peer, now: Duration, horizon: f64) -> Option<f64> {
         // Request ids grow with time: the first is the oldest.
-        let oldest = self.requests.get(p.inflight.first()?)?;
-        let age = now.saturating_sub(oldest.sent).as_secs_f64();
+        let (_, &sent) = p.inflight.first_key_value()?;
+        let age = now.saturating_sub(sent).as_secs_f64();
         let floor = LATE_FACTOR * self.config.queue_target.as_secs_f64();
         (age > horizon.max(floor)).then(|| self.config.piece_bytes as f64 / age)
     }
@@ -995,7 +1018,7 @@ impl<P: Ord + Copy + Debug> Scheduler<P> {
         for (k, _) in peers.iter().zip(last_resort).filter(|(_, slow)| **slow) {
             let p = &self.peers[k];
             let before = stale.len();
-            stale.extend(p.inflight.iter().copied().filter(|id| {
+            stale.extend(p.inflight.keys().copied().filter(|id| {
                 let o = &self.requests[id];
                 !o.probe && self.quicker_holder(o.piece, peers, last_resort)
             }));
@@ -1068,7 +1091,7 @@ impl<P: Ord + Copy + Debug> Scheduler<P> {
                 piece.state == PieceState::Requested
                     && p.has_piece[i]
                     && self.timely_requests(i, late) < self.config.max_duplicates
-                    && !piece.requests.iter().any(|r| p.inflight.contains(r))
+                    && !piece.requests.iter().any(|r| p.inflight.contains_key(r))
             })
     }
 
@@ -1101,7 +1124,7 @@ impl<P: Ord + Copy + Debug> Scheduler<P> {
                     && allowed(*i)
                     && p.has_piece[*i]
                     && self.timely_requests(*i, late) < self.config.max_duplicates
-                    && !piece.requests.iter().any(|r| p.inflight.contains(r))
+                    && !piece.requests.iter().any(|r| p.inflight.contains_key(r))
             })
             .min_by_key(|(_, piece)| {
                 piece
@@ -1143,7 +1166,7 @@ impl<P: Ord + Copy + Debug> Scheduler<P> {
         if p.inflight.is_empty() {
             p.meter = Meter::start(now);
         }
-        p.inflight.insert(id);
+        p.inflight.insert(id, now);
         p.inflight_bytes += bytes;
         Action::Request {
             id,
@@ -1478,7 +1501,7 @@ mod tests {
     /// Serves every request outstanding at `peer` at once, `secs` after `now`.
     fn serve_all(s: &mut Scheduler<u32>, peer: u32, now: Duration, secs: f64) -> Duration {
         let later = now + Duration::from_secs_f64(secs);
-        let ids: Vec<RequestId> = s.peers[&peer].inflight.iter().copied().collect();
+        let ids: Vec<RequestId> = s.peers[&peer].inflight.keys().copied().collect();
         for id in ids {
             s.on_complete(id, later);
         }
