@@ -153,9 +153,9 @@ impl Network {
         self.recomputations
     }
 
-    /// Starts a flow of `bytes` across `resources` at `now`. It moves at rate 0
-    /// until the next recomputation.
-    pub fn add(&mut self, _now: Nanos, resources: &[ResourceId], bytes: u64, tag: u64) -> FlowId {
+    /// Starts a flow of `bytes` across `resources`. It moves at rate 0 until the next
+    /// recomputation, whenever it was added.
+    pub fn add(&mut self, resources: &[ResourceId], bytes: u64, tag: u64) -> FlowId {
         assert!(
             (1..=MAX_HOPS).contains(&resources.len()),
             "a flow crosses 1 to {MAX_HOPS} resources"
@@ -544,8 +544,8 @@ mod tests {
         // One link of 10 MB/s; flows of 10 MB and 30 MB. Together 5 MB/s each: the
         // first ends at 2 s (10 MB); the second has 20 MB left at 10 MB/s: ends at 4 s.
         let mut net = Network::new(vec![10.0 * MB], 0);
-        net.add(0, &[0], 10_000_000, 1);
-        net.add(0, &[0], 30_000_000, 2);
+        net.add(&[0], 10_000_000, 1);
+        net.add(&[0], 30_000_000, 2);
         let done = run(&mut net);
         assert_eq!(done.len(), 2);
         assert!(close(done[0].1, 2.0) && done[0].0 == 1, "{done:?}");
@@ -560,9 +560,9 @@ mod tests {
         // straight to 3 and shares 3's downlink with nothing. Max-min: A = B = 2 MB/s
         // (uplink shared), C = 10 MB/s.
         let mut net = Network::new(vec![4.0 * MB, 10.0 * MB, 10.0 * MB, 10.0 * MB], 0);
-        net.add(0, &[0, 1], 2_000_000, 1);
-        net.add(0, &[0, 2], 4_000_000, 2);
-        net.add(0, &[3], 10_000_000, 3);
+        net.add(&[0, 1], 2_000_000, 1);
+        net.add(&[0, 2], 4_000_000, 2);
+        net.add(&[3], 10_000_000, 3);
         let done = run(&mut net);
         // A: 2 MB at 2 MB/s = 1 s; then B alone on the uplink at 4 MB/s: 2 MB left
         // after 1 s, so 0.5 s more. C: 1 s.
@@ -577,8 +577,8 @@ mod tests {
         // A sender uplink (0) of 10 MB/s feeds two receivers: one with a 2 MB/s
         // downlink (1), one with 100 MB/s (2). Max-min: 2 and 8 MB/s (not 5 and 5).
         let mut net = Network::new(vec![10.0 * MB, 2.0 * MB, 100.0 * MB], 0);
-        net.add(0, &[0, 1], 2_000_000, 1);
-        net.add(0, &[0, 2], 8_000_000, 2);
+        net.add(&[0, 1], 2_000_000, 1);
+        net.add(&[0, 2], 8_000_000, 2);
         let done = run(&mut net);
         assert!(close(done[0].1, 1.0) && close(done[1].1, 1.0), "{done:?}");
     }
@@ -586,7 +586,7 @@ mod tests {
     #[test]
     fn removing_a_flow_reports_what_it_sent() {
         let mut net = Network::new(vec![10.0 * MB], 0);
-        let a = net.add(0, &[0], 100_000_000, 1);
+        let a = net.add(&[0], 100_000_000, 1);
         net.recompute(0);
         assert_eq!(net.remove(S, a), 10_000_000);
         assert_eq!(net.remove(S, a), 0, "a stale id names nothing");
@@ -619,7 +619,7 @@ mod tests {
                 let mut path: Vec<ResourceId> = path.iter().map(|&x| (x % r) as u32).collect();
                 path.sort_unstable();
                 path.dedup();
-                ids.push(net.add(0, &path, 1_000_000, 0));
+                ids.push(net.add(&path, 1_000_000, 0));
             }
             net.recompute(0);
             for &k in &removed {
@@ -651,9 +651,9 @@ mod tests {
     #[test]
     fn a_recompute_gap_delays_rate_changes_by_at_most_the_gap() {
         let mut net = Network::new(vec![10.0 * MB], S / 10);
-        net.add(0, &[0], 10_000_000, 1);
+        net.add(&[0], 10_000_000, 1);
         net.recompute(0);
-        net.add(S / 20, &[0], 10_000_000, 2);
+        net.add(&[0], 10_000_000, 2);
         assert_eq!(net.recompute_due(S / 20), Some(S / 10));
     }
 }

@@ -951,7 +951,6 @@ impl Swarm {
 
     /// `peer` starts sending the answer to request `id` of host `h`.
     fn begin_answer(&mut self, h: u32, id: RequestId) {
-        let now = self.now;
         let Some(req) = self.request(h, id) else {
             return;
         };
@@ -959,7 +958,7 @@ impl Swarm {
         let bytes = self.answer_bytes(req);
         self.hosts[peer as usize].sending += 1;
         let resources = self.resources(peer, h);
-        let fid = self.net.add(now, &resources, bytes, 0);
+        let fid = self.net.add(&resources, bytes, 0);
         self.flows.insert(fid, (h, id));
         if let Some(req) = self.fetch_mut(h).and_then(|f| f.requests.get_mut(&id)) {
             req.state = ReqState::Flowing(fid);
