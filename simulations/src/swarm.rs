@@ -960,8 +960,15 @@ impl Swarm {
         let resources = self.resources(peer, h);
         let fid = self.net.add(&resources, bytes, 0);
         self.flows.insert(fid, (h, id));
-        if let Some(req) = self.fetch_mut(h).and_then(|f| f.requests.get_mut(&id)) {
-            req.state = ReqState::Flowing(fid);
+        let now = Duration::from_nanos(self.now);
+        if let Some(f) = self.fetch_mut(h) {
+            if let Some(req) = f.requests.get_mut(&id) {
+                req.state = ReqState::Flowing(fid);
+            }
+            // As the daemon's fetch driver does at an answer's first bytes; the copies
+            // of the piece still waiting in other queues are cancelled at once.
+            f.sched.on_started(id, now);
+            self.drive(h);
         }
     }
 

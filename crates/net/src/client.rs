@@ -200,6 +200,22 @@ impl PeerConn {
         ranges: &ChunkRanges,
         timeout: Duration,
     ) -> Result<BlobAnswer, PeerError> {
+        self.blob_with_start(hash, size, ranges, timeout, || ())
+            .await
+    }
+
+    /// [`PeerConn::blob`], calling `on_start` when the answer's first bytes arrive: the
+    /// peer has taken the request up (a server answers in turn as its answer budget
+    /// frees), so the fetch's scheduler can let copies waiting elsewhere go.
+    pub async fn blob_with_start(
+        &self,
+        hash: Hash,
+        size: u64,
+        ranges: &ChunkRanges,
+        timeout: Duration,
+        on_start: impl FnOnce(),
+    ) -> Result<BlobAnswer, PeerError> {
+        let mut on_start = Some(on_start);
         let ranges = ranges::clip(ranges, size);
         let expected = wire::encoded_len(size, &ranges) as usize;
         let request = Request::GetBlob {
@@ -225,6 +241,9 @@ impl PeerConn {
                 .await
                 .map_err(|e| PeerError::Connection(e.to_string()))?
             {
+                if let Some(f) = on_start.take() {
+                    f();
+                }
                 len += chunk.bytes.len();
                 if len > limit.max(3 + MAX_ERROR_BYTES) {
                     return Err(PeerError::Malformed("answer longer than it can be".into()));

@@ -147,6 +147,8 @@ enum Event {
         blob: usize,
         result: Result<HaveMap, PeerError>,
     },
+    /// The answer to request `id` began to arrive.
+    Started(u64),
     Done {
         id: u64,
         peer: PublicKey,
@@ -318,7 +320,15 @@ pub async fn fetch(
                     let handle = tokio::spawn(async move {
                         net.inner.download.acquire(bytes).await;
                         let peer = conn.id();
-                        match conn.blob(hash, size, &ranges, timeout).await {
+                        // A lost signal (the channel full) only leaves the copies
+                        // of this piece waiting elsewhere to be cancelled later.
+                        let started = || {
+                            let _ = tx.try_send(Event::Started(id));
+                        };
+                        match conn
+                            .blob_with_start(hash, size, &ranges, timeout, started)
+                            .await
+                        {
                             // Once the data is here it is verified and written even if the
                             // request is cancelled meanwhile: the write runs in its own task.
                             Ok(encoded) => {
@@ -534,6 +544,7 @@ pub async fn fetch(
                             }
                         }
                     }
+                    Event::Started(id) => sched.on_started(id, now),
                     Event::Done { id, peer, outcome } => {
                         tasks.remove(&id);
                         match outcome {

@@ -29,12 +29,16 @@
 //! - **Peer rotation** (done by the driver, decided here): at the peer limit, peers
 //!   with nothing left to give ([`Scheduler::useless_peers`]) and then the slowest
 //!   ([`Scheduler::slow_peer`]) make room for untried ones.
-//! - **Late requests and the endgame**: a request outstanding for twice the queue
-//!   target is late, and a peer with nothing missing on offer may duplicate it; once
-//!   every missing piece is requested, idle peers duplicate the oldest outstanding
-//!   requests. At most [`SchedulerConfig::max_duplicates`] requests per piece that are
-//!   not late (late ones do not block a fresh copy); the first to complete wins and
-//!   the others are cancelled.
+//! - **Late requests and the endgame**: a request that has waited twice the queue
+//!   target without its answer starting is late, and a peer with nothing missing on
+//!   offer may duplicate it; once every missing piece is requested, idle peers
+//!   duplicate the oldest requests whose answers have not started. At most
+//!   [`SchedulerConfig::max_duplicates`] requests per piece that are not late (late
+//!   ones do not block a fresh copy). The first copy whose answer starts
+//!   ([`Scheduler::on_started`]) cancels the copies still waiting; of copies already
+//!   flowing, the first to complete wins and the others are cancelled. An answer that
+//!   has started is never duplicated: it is flowing, and a copy would only split the
+//!   link with it (a stalled one ends at its timeout).
 //! - **Bad peers**: corrupt data bans the peer for the rest of the fetch; a timeout
 //!   returns the piece to others and counts against the peer, which is dropped after
 //!   [`SchedulerConfig::max_timeouts`].
@@ -291,6 +295,8 @@ struct Outstanding<P> {
     /// Sent to a last resort whose judgement had expired: its answer measures the peer
     /// again, so it is not withdrawn for a quicker holder.
     probe: bool,
+    /// Its answer has begun to arrive ([`Scheduler::on_started`]).
+    started: bool,
 }
 
 /// How a peer stands under the last-resort rule (see [`Scheduler::standing`]).
@@ -722,6 +728,32 @@ impl<P: Ord + Copy + Debug> Scheduler<P> {
         Some(r)
     }
 
+    /// The answer to request `id` has begun to arrive: the peer took it up and is
+    /// sending. Other requests for the same piece whose answers have not started are
+    /// cancelled (the cancels are queued): whichever copy a peer takes up first wins,
+    /// before two of them can share the link and one be thrown away.
+    pub fn on_started(&mut self, id: RequestId, now: Duration) {
+        let Some(o) = self.requests.get_mut(&id) else {
+            return;
+        };
+        o.started = true;
+        let piece = o.piece;
+        let waiting: Vec<RequestId> = self.pieces[piece]
+            .requests
+            .iter()
+            .copied()
+            .filter(|r| *r != id && self.requests.get(r).is_some_and(|o| !o.started))
+            .collect();
+        for r in waiting {
+            if let Some(o) = self.forget_request(r, now) {
+                self.queued.push(Action::Cancel {
+                    id: r,
+                    peer: o.peer,
+                });
+            }
+        }
+    }
+
     /// The request's data arrived and verified.
     pub fn on_complete(&mut self, id: RequestId, now: Duration) {
         let Some(r) = self.requests.get(&id).cloned() else {
@@ -889,8 +921,12 @@ impl<P: Ord + Copy + Debug> Scheduler<P> {
         let endgame = self.missing.is_empty();
         let horizon = LATE_FACTOR * target;
         let late = now.saturating_sub(Duration::from_secs_f64(horizon));
-        // Request ids grow with time: the first is the oldest.
-        let none_late = self.requests.values().next().is_none_or(|o| o.sent >= late);
+        // Request ids grow with time: the oldest come first.
+        let none_late = !self
+            .requests
+            .values()
+            .take_while(|o| o.sent < late)
+            .any(|o| !o.started);
         let n_last_resort = last_resort.iter().filter(|&&x| x).count() as u32;
         if n_last_resort > 0 && self.withdraw_from_last_resorts(peers, last_resort, horizon, now) {
             return self.queued.pop();
@@ -1000,8 +1036,8 @@ impl<P: Ord + Copy + Debug> Scheduler<P> {
         (age > horizon.max(floor)).then(|| self.config.piece_bytes as f64 / age)
     }
 
-    /// Withdraws the requests waiting at last resorts (probes aside) whose pieces a
-    /// quicker peer now has: the piece goes back to the missing ones, the quicker peer
+    /// Withdraws the requests waiting at last resorts (probes, and answers already
+    /// flowing, aside) whose pieces a quicker peer now has: the piece goes back to the missing ones, the quicker peer
     /// sends it, and the last resort's queue is left to the pieces only it has. A peer
     /// not yet measured keeps the rate its overdue request showed as its measured
     /// rate, so it stays a last resort until probed. Returns whether
@@ -1020,7 +1056,7 @@ impl<P: Ord + Copy + Debug> Scheduler<P> {
             let before = stale.len();
             stale.extend(p.inflight.keys().copied().filter(|id| {
                 let o = &self.requests[id];
-                !o.probe && self.quicker_holder(o.piece, peers, last_resort)
+                !o.probe && !o.started && self.quicker_holder(o.piece, peers, last_resort)
             }));
             if stale.len() > before
                 && p.rate.is_none()
@@ -1077,7 +1113,8 @@ impl<P: Ord + Copy + Debug> Scheduler<P> {
     }
 
     /// Before the endgame, for a peer with nothing missing on offer: the piece of the
-    /// oldest request sent before `late` that this peer has, if it has room for a
+    /// oldest request sent before `late` whose answer has not started that this peer
+    /// has, if it has room for a
     /// duplicate and the peer is not already on it. A request stuck in a busy
     /// peer's queue would otherwise hold its piece while others could send it now.
     fn late_piece(&self, peer: &P, late: Duration) -> Option<usize> {
@@ -1085,6 +1122,7 @@ impl<P: Ord + Copy + Debug> Scheduler<P> {
         self.requests
             .values()
             .take_while(|o| o.sent < late)
+            .filter(|o| !o.started)
             .map(|o| o.piece)
             .find(|&i| {
                 let piece = &self.pieces[i];
@@ -1095,20 +1133,25 @@ impl<P: Ord + Copy + Debug> Scheduler<P> {
             })
     }
 
-    /// Outstanding requests for piece `i` sent at or after `late`. Late ones do not
-    /// count against [`SchedulerConfig::max_duplicates`]: a piece whose requests all
-    /// wait in long queues may be taken over again (each peer at most once).
+    /// Outstanding requests for piece `i` that are not late: sent at or after `late`,
+    /// or with their answers started. Late ones do not count against
+    /// [`SchedulerConfig::max_duplicates`]: a piece whose requests all wait in long
+    /// queues may be taken over again (each peer at most once).
     fn timely_requests(&self, i: usize, late: Duration) -> usize {
         self.pieces[i]
             .requests
             .iter()
-            .filter(|r| self.requests.get(r).is_some_and(|o| o.sent >= late))
+            .filter(|r| {
+                self.requests
+                    .get(r)
+                    .is_some_and(|o| o.started || o.sent >= late)
+            })
             .count()
     }
 
     /// In the endgame: the requested piece this peer has (and is `allowed`) whose oldest
-    /// request is oldest, if it has room for another duplicate and the peer is not
-    /// already on it.
+    /// request is oldest, if some request for it has not started, it has room for
+    /// another duplicate and the peer is not already on it.
     fn endgame_piece(
         &self,
         peer: &P,
@@ -1123,6 +1166,10 @@ impl<P: Ord + Copy + Debug> Scheduler<P> {
                 piece.state == PieceState::Requested
                     && allowed(*i)
                     && p.has_piece[*i]
+                    && piece
+                        .requests
+                        .iter()
+                        .any(|r| self.requests.get(r).is_some_and(|o| !o.started))
                     && self.timely_requests(*i, late) < self.config.max_duplicates
                     && !piece.requests.iter().any(|r| p.inflight.contains_key(r))
             })
@@ -1159,6 +1206,7 @@ impl<P: Ord + Copy + Debug> Scheduler<P> {
                 sent: now,
                 deadline: now + timeout,
                 probe,
+                started: false,
             },
         );
         self.inflight_bytes += bytes;
@@ -1593,6 +1641,59 @@ mod tests {
             s.poll_action(now),
             Some(Action::Cancel { id: first, peer: 1 })
         );
+    }
+
+    #[test]
+    fn a_flowing_answer_is_not_duplicated_and_the_first_copy_to_start_wins() {
+        // Eight pieces at peer 1, which gets four; peer 2 has two of those four.
+        let mut s = Scheduler::new(&[spec(8 * MIB)], SchedulerConfig::default());
+        s.add_peer(1, T0);
+        s.peer_has(1, 0, &ChunkRanges::all(), T0);
+        let at_1: Vec<_> = all_requests(&mut s, T0).iter().map(req).collect();
+        assert_eq!(at_1.len(), 4);
+        let (first, second) = (at_1[0].0, at_1[1].0);
+        s.add_peer(2, T0);
+        s.peer_has(2, 0, &(&at_1[0].3 | &at_1[1].3), T0);
+        // The first one's answer is flowing; the second waits in peer 1's queue.
+        s.on_started(first, Duration::from_millis(100));
+        // Past the late horizon only the waiting one is taken over.
+        let now = Duration::from_millis(2500);
+        let dup: Vec<_> = all_requests(&mut s, now).iter().map(req).collect();
+        assert_eq!(dup.len(), 1, "{dup:?}");
+        assert_eq!((dup[0].1, &dup[0].3), (2, &at_1[1].3));
+        // Peer 2 takes the copy up first: the copy still waiting at peer 1 goes (and
+        // peer 1, with room again, is asked for another piece).
+        s.on_started(dup[0].0, now + Duration::from_millis(10));
+        let after = all_requests(&mut s, now + Duration::from_millis(10));
+        assert_eq!(
+            after[0],
+            Action::Cancel {
+                id: second,
+                peer: 1
+            }
+        );
+        assert!(
+            after[1..]
+                .iter()
+                .all(|a| matches!(a, Action::Request { peer: 1, .. }))
+        );
+    }
+
+    #[test]
+    fn in_the_endgame_only_answers_not_yet_started_are_duplicated() {
+        // Two pieces, both requested of peer 1 (the endgame at once).
+        let mut s = Scheduler::new(&[spec(2 * MIB)], SchedulerConfig::default());
+        s.add_peer(1, T0);
+        s.peer_has(1, 0, &ChunkRanges::all(), T0);
+        let at_1: Vec<_> = all_requests(&mut s, T0).iter().map(req).collect();
+        assert_eq!(at_1.len(), 2);
+        s.on_started(at_1[0].0, T0);
+        // Peer 2 has both: it copies only the one whose answer has not started.
+        s.add_peer(2, T0);
+        s.peer_has(2, 0, &ChunkRanges::all(), T0);
+        let dup: Vec<_> = all_requests(&mut s, T0).iter().map(req).collect();
+        assert_eq!(dup.len(), 1, "{dup:?}");
+        assert_eq!((dup[0].1, &dup[0].3), (2, &at_1[1].3));
     }
 
     #[test]
