@@ -2,7 +2,10 @@
 //! a multi-peer fetch, and a manifest by id.
 
 use std::{
-    sync::atomic::{AtomicBool, Ordering},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+    },
     time::Duration,
 };
 
@@ -244,6 +247,64 @@ async fn a_request_withdrawn_while_it_waits_leaves_the_servers_queue() {
     }
     assert_eq!(withdrawn(), 1);
     for f in filling {
+        f.abort();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_counts_as_started_only_once_the_server_takes_it_up() {
+    // As above: 16 MiB answers fill a 1 MiB/s seed's answer budget and the fifth
+    // request waits its turn. The scheduler's rule (a copy waiting elsewhere is
+    // cancelled once one starts) needs "started" to mean "being sent", not "sent".
+    let key = SecretKey::generate();
+    let seed = node(NetConfig {
+        upload_rate: 1 << 20,
+        ..config()
+    });
+    let bytes = data(80 << 20, 7);
+    publish(&seed, &[("big.bin", bytes.clone())], &key);
+    let hash = modeld_core::Hash::of(&bytes);
+    let leech = node(config());
+    let conn = modeld_net::client::PeerConn::connect(&leech.net, addr(&seed))
+        .await
+        .unwrap();
+    let wait = Duration::from_secs(60);
+    let ask = |i: u64| {
+        let conn = conn.clone();
+        let started = Arc::new(AtomicUsize::new(0));
+        let flag = started.clone();
+        let r = modeld_core::ranges::from_bytes(i * (16 << 20)..(i + 1) * (16 << 20));
+        let task = tokio::spawn(async move {
+            let on_start = || {
+                flag.fetch_add(1, Ordering::SeqCst);
+            };
+            conn.blob_with_start(hash, 80 << 20, &r, wait, on_start)
+                .await
+        });
+        (task, started)
+    };
+    let filling: Vec<_> = (0..4).map(ask).collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (waiting, waiting_started) = ask(4);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let count = |s: &AtomicUsize| s.load(Ordering::SeqCst);
+    while filling.iter().all(|(_, s)| count(s) == 0) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no answer being sent was reported started"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        count(&waiting_started),
+        0,
+        "a request waiting in the server's queue was reported started"
+    );
+    // Reported once however many chunks arrive.
+    assert!(filling.iter().all(|(_, s)| count(s) <= 1));
+    waiting.abort();
+    for (f, _) in filling {
         f.abort();
     }
 }
