@@ -203,10 +203,10 @@ async fn allow_list_keeps_strangers_out() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_request_withdrawn_while_it_waits_leaves_the_servers_queue() {
-    // A seed paced at 1 MiB/s: four 16 MiB answers fill its answer budget for a
-    // minute, so a fifth request waits its turn. The asker withdraws it.
+/// A seed paced at 1 MiB/s holding one 80 MiB blob, a second node and its connection
+/// to the seed: a few 16 MiB answers fill the seed's answer budget for a minute, so
+/// later requests wait their turn.
+async fn paced_seed() -> (Node, Node, modeld_net::client::PeerConn, modeld_core::Hash) {
     let key = SecretKey::generate();
     let seed = node(NetConfig {
         upload_rate: 1 << 20,
@@ -219,6 +219,14 @@ async fn a_request_withdrawn_while_it_waits_leaves_the_servers_queue() {
     let conn = modeld_net::client::PeerConn::connect(&leech.net, addr(&seed))
         .await
         .unwrap();
+    (seed, leech, conn, hash)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_withdrawn_while_it_waits_leaves_the_servers_queue() {
+    // A seed paced at 1 MiB/s: four 16 MiB answers fill its answer budget for a
+    // minute, so a fifth request waits its turn. The asker withdraws it.
+    let (seed, _leech, conn, hash) = paced_seed().await;
     let wait = Duration::from_secs(60);
     let ask = |i: u64| {
         let conn = conn.clone();
@@ -256,18 +264,7 @@ async fn an_answer_counts_as_started_only_once_the_server_takes_it_up() {
     // As above: 16 MiB answers fill a 1 MiB/s seed's answer budget and the fifth
     // request waits its turn. The scheduler's rule (a copy waiting elsewhere is
     // cancelled once one starts) needs "started" to mean "being sent", not "sent".
-    let key = SecretKey::generate();
-    let seed = node(NetConfig {
-        upload_rate: 1 << 20,
-        ..config()
-    });
-    let bytes = data(80 << 20, 7);
-    publish(&seed, &[("big.bin", bytes.clone())], &key);
-    let hash = modeld_core::Hash::of(&bytes);
-    let leech = node(config());
-    let conn = modeld_net::client::PeerConn::connect(&leech.net, addr(&seed))
-        .await
-        .unwrap();
+    let (_seed, _leech, conn, hash) = paced_seed().await;
     let wait = Duration::from_secs(60);
     let ask = |i: u64| {
         let conn = conn.clone();
