@@ -31,7 +31,9 @@ use std::{
 };
 
 use modeld_core::ranges::{self, ChunkRanges};
-use modeld_proto::scheduler::{Action, BlobSpec, Failure, RequestId, Scheduler, SchedulerConfig};
+use modeld_proto::scheduler::{
+    Action, BlobSpec, Failure, QUEUED_ROTATION, RequestId, Scheduler, SchedulerConfig,
+};
 
 use crate::{
     flow::{FlowId, Nanos, Network, ResourceId},
@@ -704,6 +706,19 @@ impl Swarm {
         {
             self.disconnect(h, p);
             room += 1;
+        }
+        // Then peers whose queues hold this fetch's answers longest, a few per round
+        // (the daemon's fetch driver does the same).
+        if waiting > room {
+            let queued = self.hosts[h as usize]
+                .fetch
+                .as_deref()
+                .map(|f| f.sched.queued_peers(Duration::from_nanos(self.now)))
+                .unwrap_or_default();
+            for p in queued.into_iter().take(QUEUED_ROTATION.min(waiting - room)) {
+                self.disconnect(h, p);
+                room += 1;
+            }
         }
         let now = self.now;
         for (_, _, _, p) in candidates.into_iter().take(room) {

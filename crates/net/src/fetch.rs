@@ -18,7 +18,9 @@ use std::{
 
 use modeld_core::{Hash, PublicKey, SignedManifest, ranges};
 use modeld_proto::{
-    scheduler::{Action, BlobSpec, DropReason, Failure, Scheduler, SchedulerConfig},
+    scheduler::{
+        Action, BlobSpec, DropReason, Failure, QUEUED_ROTATION, Scheduler, SchedulerConfig,
+    },
     wire::{HaveMap, Status},
 };
 use modeld_store::{PartialBlob, TempTag, WriteError};
@@ -33,7 +35,8 @@ use crate::{
 const TICK: Duration = Duration::from_millis(250);
 /// How often an incomplete peer is asked again what it has.
 const HAVE_REFRESH: Duration = Duration::from_secs(1);
-/// Least time between two replacements of a slow peer by a newly offered one.
+/// A round of peer rotation: in each, at most one slow peer and
+/// [`QUEUED_ROTATION`] peers with long queues make room for newly offered ones.
 const ROTATE_EVERY: Duration = Duration::from_millis(500);
 /// How long the fetch waits, with nothing in flight and nobody holding a missing
 /// piece, before giving up.
@@ -278,7 +281,7 @@ pub async fn fetch(
     let mut complete_peers: BTreeSet<(PublicKey, usize)> = BTreeSet::new();
     let mut have_inflight: BTreeSet<(PublicKey, usize)> = BTreeSet::new();
     let mut last_refresh = Instant::now();
-    let mut last_rotation = Instant::now();
+    let mut rotation = Rotation::default();
     let mut tasks: BTreeMap<u64, AbortHandle> = BTreeMap::new();
     let mut dropped: BTreeMap<PublicKey, String> = BTreeMap::new();
     let mut stuck_since: Option<Duration> = None;
@@ -456,26 +459,21 @@ pub async fn fetch(
                         && !near_full;
                     // At the limit, a connected peer with nothing this fetch still needs
                     // (its have-maps known) makes room for the newcomer, which might;
-                    // failing that, now and then the slowest peer does (see
-                    // `Scheduler::slow_peer`).
+                    // failing that, a few times a round, the slowest peer or one whose
+                    // queue holds our answers long (see `Scheduler::slow_peer` and
+                    // `Scheduler::queued_peers`).
                     if fresh && known.len() >= MAX_PEERS {
                         let idle = |id: &PublicKey| {
                             !have_inflight.iter().any(|(p, _)| p == id) && conns.contains_key(id)
                         };
-                        let (victim, why) = match sched.useless_peers().find(idle) {
-                            Some(id) => (Some(id), "nothing needed"),
-                            None if last_rotation.elapsed() >= ROTATE_EVERY => {
-                                (sched.slow_peer().filter(idle), "slow")
-                            }
-                            None => (None, ""),
+                        let victim = match sched.useless_peers().find(idle) {
+                            Some(id) => Some((id, "nothing needed")),
+                            None => rotation.victim(&sched, started.elapsed(), idle),
                         };
-                        if let Some(id) = victim
+                        if let Some((id, why)) = victim
                             && let Some(c) = conns.remove(&id)
                         {
                             tracing::debug!(peer = %id, why, "making room for a new peer");
-                            if why == "slow" {
-                                last_rotation = Instant::now();
-                            }
                             known.remove(&c.addr());
                             c.close(why);
                             sched.remove_peer(id, started.elapsed());
@@ -742,4 +740,93 @@ pub async fn fetch_manifest(
     } else {
         format!("no peer supplied manifest {id}: {}", errors.join("; "))
     }))
+}
+
+/// Which connected peers make room for newly offered ones at the peer limit, beyond
+/// those with nothing left to give: per [`ROTATE_EVERY`] round, the slowest peer once
+/// and up to [`QUEUED_ROTATION`] whose queues hold this fetch's answers longest (the
+/// simulator's swarm rotates alike).
+#[derive(Debug, Default)]
+struct Rotation {
+    /// When the current round began (fetch time).
+    round: Duration,
+    slow: bool,
+    queued: usize,
+}
+
+impl Rotation {
+    /// The peer to replace at fetch time `now`, and why, if this round has room for
+    /// one more (`idle`: peers that may go now).
+    fn victim(
+        &mut self,
+        sched: &Scheduler<PublicKey>,
+        now: Duration,
+        idle: impl Fn(&PublicKey) -> bool,
+    ) -> Option<(PublicKey, &'static str)> {
+        if now.saturating_sub(self.round) >= ROTATE_EVERY {
+            *self = Self {
+                round: now,
+                ..Self::default()
+            };
+        }
+        if !self.slow
+            && let Some(id) = sched.slow_peer().filter(&idle)
+        {
+            self.slow = true;
+            return Some((id, "slow"));
+        }
+        if self.queued < QUEUED_ROTATION
+            && let Some(id) = sched.queued_peers(now).into_iter().find(|id| idle(id))
+        {
+            self.queued += 1;
+            return Some((id, "answers wait long in its queue"));
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use modeld_core::{SecretKey, ranges};
+
+    use super::*;
+
+    const MIB: u64 = 1 << 20;
+
+    #[test]
+    fn a_rotation_round_replaces_at_most_its_share_of_queued_peers() {
+        // Six peers with the first quarter of the blob, each sent requests at once.
+        let mut sched = Scheduler::new(
+            &[BlobSpec {
+                size: 64 * MIB,
+                present: ranges::ChunkRanges::empty(),
+            }],
+            SchedulerConfig::default(),
+        );
+        let peers: Vec<PublicKey> = (0..6).map(|_| SecretKey::generate().public()).collect();
+        for p in &peers {
+            sched.add_peer(*p, Duration::ZERO);
+            sched.peer_has(*p, 0, &ranges::from_bytes(0..16 * MIB), Duration::ZERO);
+        }
+        while sched.poll_action(Duration::ZERO).is_some() {}
+        let mut rotation = Rotation::default();
+        let anyone = |_: &PublicKey| true;
+        // Under the late horizon nobody waits too long.
+        let early = Duration::from_secs(1);
+        assert_eq!(rotation.victim(&sched, early, anyone), None);
+        // Three seconds on, none of their answers has started: four go this round.
+        let mut gone = BTreeSet::new();
+        let now = Duration::from_secs(3);
+        while let Some((id, why)) = rotation.victim(&sched, now, |p| !gone.contains(p)) {
+            assert_eq!(why, "answers wait long in its queue");
+            gone.insert(id);
+            sched.remove_peer(id, now);
+        }
+        assert_eq!(gone.len(), QUEUED_ROTATION);
+        // The next round may replace the rest; a peer not idle is not replaced.
+        let next = now + ROTATE_EVERY;
+        let busy = peers.iter().find(|p| !gone.contains(*p)).copied();
+        let victim = rotation.victim(&sched, next, |p| Some(*p) != busy && !gone.contains(p));
+        assert!(victim.is_some_and(|(id, _)| Some(id) != busy && !gone.contains(&id)));
+    }
 }

@@ -55,6 +55,10 @@ use modeld_core::ranges::{self, CHUNK_BYTES, CHUNK_GROUP_BYTES, ChunkNum, ChunkR
 /// [`Scheduler::slow_peer`].
 pub const SLOW_PEER_FRACTION: f64 = 0.9;
 
+/// How many of the [`Scheduler::queued_peers`] one round of a driver's peer rotation
+/// replaces (the drivers' rounds are half a second apart).
+pub const QUEUED_ROTATION: usize = 4;
+
 /// A request outstanding for this many queue targets is late: a peer with nothing
 /// else to send may duplicate it (see [`Scheduler`]'s endgame).
 pub const LATE_FACTOR: f64 = 2.0;
@@ -240,6 +244,9 @@ struct Peer {
     gone: bool,
     backoff_until: Duration,
     delivered: u64,
+    /// How long its answers waited before their first bytes came (seconds, a moving
+    /// average over the answers that started).
+    wait: Option<f64>,
     /// Pieces whose request to this peer failed; others are asked first.
     failed: BTreeSet<usize>,
 }
@@ -504,6 +511,44 @@ impl<P: Ord + Copy + Debug> Scheduler<P> {
         (rates[0].0 < SLOW_PEER_FRACTION * median).then_some(rates[0].1)
     }
 
+    /// Live peers whose answers start later than the late horizon ([`LATE_FACTOR`]
+    /// queue targets), longest wait first: a driver at its peer limit with untried
+    /// peers waiting replaces up to [`QUEUED_ROTATION`] of them a round. A peer's wait
+    /// is the moving average of its answers' waits, or the age of its oldest request
+    /// not yet started if that is longer. Peers with every piece this fetch still
+    /// lacks (seeds, mostly) are kept: they are its sources of last resort.
+    ///
+    /// This is what spreads a burst over its hosts. Every fetch learns of the first
+    /// providers first and fills its slots with them; their queues then hold hundreds
+    /// of requests each while later holders' uploads go unused. The peers are all
+    /// equally loaded, so none is slow against the median ([`Scheduler::slow_peer`]);
+    /// but their answers wait seconds to start, where a fresh provider's start at once.
+    pub fn queued_peers(&self, now: Duration) -> Vec<P> {
+        let horizon = LATE_FACTOR * self.config.queue_target.as_secs_f64();
+        let lacking = self
+            .pieces
+            .iter()
+            .filter(|p| p.state != PieceState::Done)
+            .count();
+        let mut queued: Vec<(f64, P)> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| !p.banned && !p.gone && (p.useful as usize) < lacking)
+            .filter_map(|(k, p)| {
+                // Request ids grow with time: the first not started is the oldest.
+                let oldest = p
+                    .inflight
+                    .iter()
+                    .find(|(id, _)| self.requests.get(id).is_some_and(|o| !o.started))
+                    .map_or(0.0, |(_, &sent)| now.saturating_sub(sent).as_secs_f64());
+                let wait = p.wait.unwrap_or(0.0).max(oldest);
+                (wait > horizon).then_some((wait, *k))
+            })
+            .collect();
+        queued.sort_by(|a, b| b.0.total_cmp(&a.0));
+        queued.into_iter().map(|(_, k)| k).collect()
+    }
+
     /// The measured rates of the live peers, slowest first.
     fn measured_rates(&self) -> Vec<(f64, P)> {
         let mut rates: Vec<(f64, P)> = self
@@ -555,6 +600,7 @@ impl<P: Ord + Copy + Debug> Scheduler<P> {
                 gone: false,
                 backoff_until: Duration::ZERO,
                 delivered: 0,
+                wait: None,
                 failed: BTreeSet::new(),
             },
         );
@@ -737,7 +783,11 @@ impl<P: Ord + Copy + Debug> Scheduler<P> {
             return;
         };
         o.started = true;
-        let piece = o.piece;
+        let (piece, peer, sent) = (o.piece, o.peer, o.sent);
+        if let Some(p) = self.peers.get_mut(&peer) {
+            let wait = now.saturating_sub(sent).as_secs_f64();
+            p.wait = Some(p.wait.map_or(wait, |old| 0.5 * old + 0.5 * wait));
+        }
         let waiting: Vec<RequestId> = self.pieces[piece]
             .requests
             .iter()
@@ -1579,6 +1629,45 @@ mod tests {
         // A peer that is gone is not named.
         s.remove_peer(3, now);
         assert_eq!(s.slow_peer(), None);
+    }
+
+    #[test]
+    fn peers_whose_answers_wait_past_the_late_horizon_are_named_longest_wait_first() {
+        // Peer 1 has every piece (a seed); peers 2, 3 and 4 have the first quarter.
+        let mut s = Scheduler::new(&[spec(64 * MIB)], SchedulerConfig::default());
+        s.add_peer(1, T0);
+        s.peer_has(1, 0, &ChunkRanges::all(), T0);
+        for p in [2, 3, 4] {
+            s.add_peer(p, T0);
+            s.peer_has(p, 0, &ranges::from_bytes(0..16 * MIB), T0);
+        }
+        let sent: Vec<_> = all_requests(&mut s, T0).iter().map(req).collect();
+        let at = |p: u32| {
+            sent.iter()
+                .filter(|r| r.1 == p)
+                .map(|r| r.0)
+                .collect::<Vec<_>>()
+        };
+        for p in [1, 2, 3, 4] {
+            assert!(!at(p).is_empty(), "peer {p} has a request: {sent:?}");
+        }
+        // Peer 2's answers start at once, peer 3's after 3.2 s, peer 4's not yet.
+        for id in at(2) {
+            s.on_started(id, Duration::from_millis(100));
+        }
+        assert_eq!(
+            s.queued_peers(Duration::from_millis(1900)),
+            Vec::<u32>::new()
+        );
+        for id in at(3) {
+            s.on_started(id, Duration::from_millis(3200));
+        }
+        let now = Duration::from_millis(3500);
+        // Peer 4 has waited 3.5 s, peer 3 3.2 s; the seed waits as long but is kept.
+        assert_eq!(s.queued_peers(now), vec![4, 3]);
+        // A peer that is gone is not named.
+        s.remove_peer(4, now);
+        assert!(!s.queued_peers(now).contains(&4));
     }
 
     #[test]
