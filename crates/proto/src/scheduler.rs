@@ -27,8 +27,11 @@
 //!   target) to deliver one piece is asked only for pieces no quicker peer has, and
 //!   takes over no late requests.
 //! - **Peer rotation** (done by the driver, decided here): at the peer limit, peers
-//!   with nothing left to give ([`Scheduler::useless_peers`]) and then the slowest
-//!   ([`Scheduler::slow_peer`]) make room for untried ones.
+//!   with nothing left to give ([`Scheduler::useless_peers`]), then the slowest
+//!   ([`Scheduler::slow_peer`]) and those whose answers wait in their queues past the
+//!   late horizon ([`Scheduler::queued_peers`]) make room for untried ones: a burst's
+//!   first providers are everyone's first peers, and their queues would otherwise
+//!   hold every fetch while later holders' uploads go unused.
 //! - **Late requests and the endgame**: a request that has waited twice the queue
 //!   target without its answer starting is late, and a peer with nothing missing on
 //!   offer may duplicate it; once every missing piece is requested, idle peers
