@@ -483,9 +483,32 @@ impl Swarm {
                 }
             }
         }
+        // How busy the fetching hosts' downlinks are (at the last rate computation), and
+        // what the ones under 95 % have outstanding: where a burst's time goes.
+        let (mut full, mut short, mut short_use, mut short_flowing, mut short_waiting) =
+            (0, 0, 0.0, 0, 0);
+        for (i, h) in self.hosts.iter().enumerate() {
+            let Some(f) = h.fetch.as_deref() else {
+                continue;
+            };
+            let used = 1.0 - self.net.spare(2 * i as ResourceId + 1) / h.spec.down;
+            if used > 0.95 {
+                full += 1;
+                continue;
+            }
+            short += 1;
+            short_use += used;
+            for r in f.requests.values() {
+                match r.state {
+                    ReqState::Pending => short_waiting += 1,
+                    ReqState::Flowing(_) => short_flowing += 1,
+                }
+            }
+        }
+        let per_short = |x: f64| x / f64::from(short.max(1));
         let at = |q: usize| holders.get(holders.len() * q / 100).copied().unwrap_or(0);
         eprintln!(
-            "t={:.2}s verified={:.1}GB flows={} senders={senders} fetching={} peers/fetch={:.1} useless/fetch={useless:.1} requests/fetch={:.1} waiting={waiting} (at seeds {at_seeds}) seed_up={:.1}GB piece_holders(min/p10/p50)={}/{}/{}",
+            "t={:.2}s verified={:.1}GB flows={} senders={senders} fetching={} peers/fetch={:.1} useless/fetch={useless:.1} requests/fetch={:.1} waiting={waiting} (at seeds {at_seeds}) seed_up={:.1}GB piece_holders(min/p10/p50)={}/{}/{} downlinks_over_95%={full} others={short} (busy {:.2}, flowing/fetch {:.1}, waiting/fetch {:.1})",
             t as f64 / 1e9,
             gb(None, |h| h.verified),
             self.net.active(),
@@ -496,6 +519,9 @@ impl Swarm {
             at(0),
             at(10),
             at(50),
+            per_short(short_use),
+            per_short(f64::from(short_flowing)),
+            per_short(f64::from(short_waiting)),
         );
     }
 
