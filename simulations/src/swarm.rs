@@ -471,20 +471,10 @@ impl Swarm {
             }
         }
         holders.sort_unstable();
-        // Requests waiting in a server's queue, and of those at seeds.
+        // Requests waiting in a server's queue, and of those at seeds; how busy the
+        // fetching hosts' downlinks are (at the last rate computation), and what the ones
+        // under 95 % have outstanding: where a burst's time goes.
         let (mut waiting, mut at_seeds) = (0, 0);
-        for f in &fetches {
-            for r in f.requests.values() {
-                if matches!(r.state, ReqState::Pending) {
-                    waiting += 1;
-                    if self.hosts[r.peer as usize].spec.kind != Kind::Fetcher {
-                        at_seeds += 1;
-                    }
-                }
-            }
-        }
-        // How busy the fetching hosts' downlinks are (at the last rate computation), and
-        // what the ones under 95 % have outstanding: where a burst's time goes.
         let (mut full, mut short, mut short_use, mut short_flowing, mut short_waiting) =
             (0, 0, 0.0, 0, 0);
         for (i, h) in self.hosts.iter().enumerate() {
@@ -492,16 +482,22 @@ impl Swarm {
                 continue;
             };
             let used = 1.0 - self.net.spare(2 * i as ResourceId + 1) / h.spec.down;
-            if used > 0.95 {
+            let is_short = used <= 0.95;
+            if is_short {
+                short += 1;
+                short_use += used;
+            } else {
                 full += 1;
-                continue;
             }
-            short += 1;
-            short_use += used;
             for r in f.requests.values() {
-                match r.state {
-                    ReqState::Pending => short_waiting += 1,
-                    ReqState::Flowing(_) => short_flowing += 1,
+                if matches!(r.state, ReqState::Pending) {
+                    waiting += 1;
+                    if self.hosts[r.peer as usize].spec.kind != Kind::Fetcher {
+                        at_seeds += 1;
+                    }
+                    short_waiting += usize::from(is_short);
+                } else {
+                    short_flowing += usize::from(is_short);
                 }
             }
         }
@@ -520,8 +516,8 @@ impl Swarm {
             at(10),
             at(50),
             per_short(short_use),
-            per_short(f64::from(short_flowing)),
-            per_short(f64::from(short_waiting)),
+            per_short(short_flowing as f64),
+            per_short(short_waiting as f64),
         );
     }
 
