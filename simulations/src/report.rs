@@ -67,6 +67,7 @@ pub fn summary(name: &str, o: &Outcome, s: &Stats, bound: &Bound) -> String {
 | last / lower bound | {:.3} |\n\
 | seeds uploaded | {:.2} GiB ({:.2}x the model) |\n\
 | origin uploaded | {:.2} GiB ({:.2}x the model) |\n\
+| requests complete hosts pointed elsewhere | {} |\n\
 | rack uplinks carried | {:.2} GiB |\n\
 | largest upload share of one fetcher | {:.4} |\n\
 | hosts without every byte exactly once | {} |\n\
@@ -86,6 +87,7 @@ pub fn summary(name: &str, o: &Outcome, s: &Stats, bound: &Bound) -> String {
         s.seed_upload as f64 / f as f64,
         gib(s.origin_upload),
         s.origin_upload as f64 / f as f64,
+        o.pointed_elsewhere,
         gib(o.rack_uplink_bytes),
         s.max_fetcher_share,
         s.incomplete,

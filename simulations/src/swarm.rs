@@ -31,8 +31,11 @@ use std::{
 };
 
 use modeld_core::ranges::{self, ChunkRanges};
-use modeld_proto::scheduler::{
-    Action, BlobSpec, Failure, QUEUED_ROTATION, RequestId, Scheduler, SchedulerConfig,
+use modeld_proto::{
+    holders::{self, Holders, NOTICE_EVERY, NOTICES_PER_ROUND},
+    scheduler::{
+        Action, BlobSpec, Failure, QUEUED_ROTATION, RequestId, Scheduler, SchedulerConfig,
+    },
 };
 
 use crate::{
@@ -161,6 +164,8 @@ pub struct Outcome {
     pub recomputations: u64,
     /// The most flows running at once.
     pub peak_flows: usize,
+    /// Requests that complete hosts pointed elsewhere (`Status::Elsewhere`).
+    pub pointed_elsewhere: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -174,6 +179,7 @@ enum Event {
     Lookup(u32),
     LookupDone(u32),
     Announce(u32),
+    Notice(u32),
 }
 
 #[derive(Debug)]
@@ -202,6 +208,8 @@ struct Fetch {
     wake: Option<Nanos>,
     /// The wait before the next DHT lookup.
     lookup_wait: Nanos,
+    /// What this fetch has told each complete peer it holds, per blob.
+    told: BTreeMap<u32, Vec<ChunkRanges>>,
 }
 
 #[derive(Debug)]
@@ -217,6 +225,9 @@ struct Host {
     serving: BTreeSet<(u32, RequestId)>,
     /// Hosts connected to this one as a peer.
     watchers: BTreeSet<u32>,
+    /// What the fetches connected to this host say they hold (used once it is
+    /// complete, to point requests elsewhere).
+    holders: Holders<u32, usize>,
     /// Answers being sent now, and requests waiting for a turn (the daemon's answer
     /// budget: at most [`crate::ANSWER_SLOTS`] answers at once, first come first
     /// served).
@@ -262,6 +273,8 @@ pub struct Swarm {
     rack_members: Vec<Vec<u32>>,
     /// Hosts with answers waiting for a turn.
     backlog: BTreeSet<u32>,
+    /// Requests complete hosts pointed elsewhere.
+    pointed_elsewhere: u64,
 }
 
 impl Outcome {
@@ -315,6 +328,7 @@ impl Swarm {
                     fetch: None,
                     serving: BTreeSet::new(),
                     watchers: BTreeSet::new(),
+                    holders: Holders::default(),
                     sending: 0,
                     waiting: std::collections::VecDeque::new(),
                     uploaded: 0,
@@ -347,6 +361,7 @@ impl Swarm {
             trace: std::env::var_os("MODELD_SIM_TRACE").is_some(),
             rack_members: Vec::new(),
             backlog: BTreeSet::new(),
+            pointed_elsewhere: 0,
         };
         for (i, h) in swarm.hosts.iter().enumerate() {
             let r = h.spec.rack as usize;
@@ -560,6 +575,12 @@ impl Swarm {
                 }
             }
             Event::LookupDone(h) => self.lookup_done(h),
+            Event::Notice(h) => {
+                if self.fetch_mut(h).is_some() {
+                    self.send_notices(h);
+                    self.at(now + NOTICE_EVERY.as_nanos() as Nanos, Event::Notice(h));
+                }
+            }
             Event::Announce(h) => {
                 let host = &mut self.hosts[h as usize];
                 if host.alive && !host.provider {
@@ -605,7 +626,9 @@ impl Swarm {
                     requests: BTreeMap::new(),
                     wake: None,
                     lookup_wait: FIRST_LOOKUP_WAIT,
+                    told: BTreeMap::new(),
                 }));
+                self.at(now + NOTICE_EVERY.as_nanos() as Nanos, Event::Notice(h));
                 self.at(now, Event::Lookup(h));
                 self.at(now + self.setup.dht_latency / 4, Event::Discover(h));
                 self.at(now + self.setup.have_refresh, Event::HaveTick(h));
@@ -772,10 +795,54 @@ impl Swarm {
         }
         if let Some(f) = self.fetch_mut(h) {
             f.sched.remove_peer(p, Duration::from_nanos(now));
+        }
+        self.unlink(h, p);
+    }
+
+    /// Forgets the connection from `h`'s fetch to `p`, on both sides.
+    fn unlink(&mut self, h: u32, p: u32) {
+        if let Some(f) = self.fetch_mut(h) {
             f.peers.remove(&p);
             f.seen.remove(&p);
+            f.told.remove(&p);
         }
-        self.hosts[p as usize].watchers.remove(&h);
+        let peer = &mut self.hosts[p as usize];
+        peer.watchers.remove(&h);
+        peer.holders.forget(&h);
+    }
+
+    /// Host `h`'s fetch tells each complete peer what it has verified since it last
+    /// told it (the daemon's fetch driver does the same, every [`NOTICE_EVERY`]). The
+    /// notices arrive at once: their latency, a fraction of a round trip, is small
+    /// against the second between them.
+    fn send_notices(&mut self, h: u32) {
+        let peers: Vec<u32> = match self.hosts[h as usize].fetch.as_deref() {
+            Some(f) => f.peers.iter().copied().collect(),
+            None => return,
+        };
+        for p in peers {
+            if !self.hosts[p as usize].complete || !self.hosts[p as usize].alive {
+                continue;
+            }
+            let [host, peer] = self
+                .hosts
+                .get_disjoint_mut([h as usize, p as usize])
+                .expect("a host is not its own peer");
+            let Some(f) = host.fetch.as_deref_mut() else {
+                return;
+            };
+            let told = f
+                .told
+                .entry(p)
+                .or_insert_with(|| vec![ChunkRanges::empty(); host.have.len()]);
+            let mut budget = NOTICES_PER_ROUND;
+            for (b, (held, told)) in host.have.iter().zip(told.iter_mut()).enumerate() {
+                for notice in holders::news(held, told, budget) {
+                    budget -= 1;
+                    peer.holders.record(h, b, &notice);
+                }
+            }
+        }
     }
 
     fn refresh_haves(&mut self, h: u32) {
@@ -861,10 +928,7 @@ impl Swarm {
                 }
                 Action::Cancel { id, .. } => self.end_request(h, id),
                 Action::DropPeer { peer, reason } => {
-                    let f = self.fetch_mut(h).expect("fetching");
-                    f.peers.remove(&peer);
-                    f.seen.remove(&peer);
-                    self.hosts[peer as usize].watchers.remove(&h);
+                    self.unlink(h, peer);
                     if reason == modeld_proto::scheduler::DropReason::Corrupt {
                         self.hosts[h as usize].banned += 1;
                     }
@@ -933,7 +997,7 @@ impl Swarm {
             let waiting = self
                 .request(dst, id)
                 .is_some_and(|r| matches!(r.state, ReqState::Pending) && r.peer == peer);
-            if waiting {
+            if waiting && !self.points_elsewhere(peer, dst, id) {
                 self.begin_answer(dst, id);
                 break;
             }
@@ -983,7 +1047,31 @@ impl Swarm {
             self.backlog.insert(peer);
             return;
         }
-        self.begin_answer(h, id);
+        if !self.points_elsewhere(peer, h, id) {
+            self.begin_answer(h, id);
+        }
+    }
+
+    /// At the turn of request `id` of host `h`: if `peer` is complete and enough of its
+    /// other peers hold what is asked, the request fails with `Elsewhere` (as the
+    /// daemon's server answers; see `modeld_proto::holders`).
+    fn points_elsewhere(&mut self, peer: u32, h: u32, id: RequestId) -> bool {
+        let Some(req) = self.request(h, id) else {
+            return false;
+        };
+        let (blob, ranges) = (req.blob, req.ranges.clone());
+        let now = Duration::from_nanos(self.now);
+        let server = &mut self.hosts[peer as usize];
+        if !server.complete || !server.holders.should_refuse(h, blob, &ranges, now) {
+            return false;
+        }
+        self.pointed_elsewhere += 1;
+        self.end_request(h, id);
+        if let Some(f) = self.fetch_mut(h) {
+            f.sched.on_failed(id, Failure::Elsewhere, now);
+        }
+        self.drive(h);
+        true
     }
 
     /// `peer` starts sending the answer to request `id` of host `h`.
@@ -1070,7 +1158,9 @@ impl Swarm {
         }
         if let Some(f) = self.hosts[h as usize].fetch.take() {
             for p in f.peers {
-                self.hosts[p as usize].watchers.remove(&h);
+                let peer = &mut self.hosts[p as usize];
+                peer.watchers.remove(&h);
+                peer.holders.forget(&h);
             }
         }
         self.fetchers_left -= 1;
@@ -1112,6 +1202,7 @@ impl Swarm {
                 f.sched.remove_peer(h, Duration::from_nanos(now));
                 f.peers.remove(&h);
                 f.seen.remove(&h);
+                f.told.remove(&h);
             }
             self.drive(w);
         }
@@ -1150,6 +1241,7 @@ impl Swarm {
             events: self.events,
             recomputations: self.net.recomputations(),
             peak_flows: self.peak_flows,
+            pointed_elsewhere: self.pointed_elsewhere,
         }
     }
 }

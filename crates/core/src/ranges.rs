@@ -45,6 +45,28 @@ pub fn is_complete(ranges: &ChunkRanges, size: u64) -> bool {
     all(size).is_subset(ranges)
 }
 
+/// The largest spans of the bounded `ranges`, so that at most `max` boundaries remain
+/// (all of it if it already fits). Claiming less than one holds is always safe, so
+/// over-long have-maps and holder notices shrink this way instead of being cut off.
+pub fn keep_largest(ranges: &ChunkRanges, max: usize) -> ChunkRanges {
+    if ranges.boundaries().len() <= max {
+        return ranges.clone();
+    }
+    let mut spans: Vec<(u64, u64)> = ranges
+        .boundaries()
+        .chunks_exact(2)
+        .map(|p| (p[0].0, p[1].0))
+        .collect();
+    spans.sort_by_key(|(s, e)| std::cmp::Reverse(e - s));
+    spans.truncate(max / 2);
+    spans.sort_unstable();
+    let mut out = ChunkRanges::empty();
+    for (s, e) in spans {
+        out |= ChunkRanges::from(ChunkNum(s)..ChunkNum(e));
+    }
+    out
+}
+
 /// The byte ranges `ranges` covers in a blob of `size` bytes.
 pub fn byte_ranges(ranges: &ChunkRanges, size: u64) -> Vec<Range<u64>> {
     byte_spans(ranges, size).collect()

@@ -181,6 +181,15 @@ impl PeerConn {
         Ok(HaveMap::decode(&answer[1..])?)
     }
 
+    /// Tells the peer this node now holds `ranges` of blob `hash` (a holder notice;
+    /// see `modeld_proto::holders`). `ranges` has at most `MAX_REQUEST_BOUNDARIES`
+    /// boundaries.
+    pub async fn holds(&self, hash: Hash, ranges: ChunkRanges) -> Result<(), PeerError> {
+        self.ask(&Request::Holds { hash, ranges }, 1, self.timeout)
+            .await
+            .map(drop)
+    }
+
     /// The signed manifest `id` (its bytes are not yet checked against the id).
     pub async fn manifest(&self, id: Hash) -> Result<Vec<u8>, PeerError> {
         let limit = 1 + 4 + modeld_core::envelope::MAX_ENVELOPE_BYTES;

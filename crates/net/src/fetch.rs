@@ -7,17 +7,25 @@
 //! the store ([`modeld_store::PartialBlob::write_encoded`]), and reports back. Nothing
 //! unverified is ever written as present. Cancelled requests are aborted.
 //!
+//! Every [`NOTICE_EVERY`] it tells the peers that hold a whole blob which ranges of it
+//! it has verified since it last told them (holder notices): they then point other
+//! fetches' requests for those ranges here (see `modeld_proto::holders`).
+//!
 //! The manifest must already be accepted by the store's trust policy: this module
 //! never sees an unverified manifest.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    sync::atomic::{AtomicBool, Ordering},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+    },
     time::{Duration, Instant},
 };
 
 use modeld_core::{Hash, PublicKey, SignedManifest, ranges};
 use modeld_proto::{
+    holders::{self, NOTICE_EVERY, NOTICES_PER_ROUND},
     scheduler::{
         Action, BlobSpec, DropReason, Failure, QUEUED_ROTATION, Scheduler, SchedulerConfig,
     },
@@ -38,6 +46,8 @@ const HAVE_REFRESH: Duration = Duration::from_secs(1);
 /// A round of peer rotation: in each, at most one slow peer and
 /// [`QUEUED_ROTATION`] peers with long queues make room for newly offered ones.
 const ROTATE_EVERY: Duration = Duration::from_millis(500);
+/// Most holder notices on their way at once, over all peers of a fetch.
+const MAX_NOTICES_IN_FLIGHT: usize = 64;
 /// How long the fetch waits, with nothing in flight and nobody holding a missing
 /// piece, before giving up.
 const STUCK_GRACE: Duration = Duration::from_secs(3);
@@ -276,7 +286,12 @@ pub async fn fetch(
     let mut pending_connects = known.len();
     let mut last_progress = Instant::now();
     let mut announced = vec![false; blobs.len()];
-    let mut request_blob: BTreeMap<u64, usize> = BTreeMap::new();
+    let mut request_blob: BTreeMap<u64, (usize, ranges::ChunkRanges)> = BTreeMap::new();
+    // What this fetch holds, verified, and what it told each complete peer of it.
+    let mut held: Vec<ranges::ChunkRanges> = specs.iter().map(|s| s.present.clone()).collect();
+    let mut told: BTreeMap<PublicKey, Vec<ranges::ChunkRanges>> = BTreeMap::new();
+    let mut last_notice = Instant::now();
+    let notices_in_flight = Arc::new(AtomicUsize::new(0));
     let mut conns: BTreeMap<PublicKey, PeerConn> = BTreeMap::new();
     let mut complete_peers: BTreeSet<(PublicKey, usize)> = BTreeSet::new();
     let mut have_inflight: BTreeSet<(PublicKey, usize)> = BTreeSet::new();
@@ -314,7 +329,7 @@ pub async fn fetch(
                         sched.on_failed(id, Failure::Io, now);
                         continue;
                     };
-                    request_blob.insert(id, blob);
+                    request_blob.insert(id, (blob, ranges.clone()));
                     let b = &blobs[blob];
                     let (hash, size, partial) = (b.hash, b.size, b.partial.clone());
                     let timeout = net.inner.config.request_timeout
@@ -439,9 +454,22 @@ pub async fn fetch(
                 }
             }
         }
+        if last_notice.elapsed() >= NOTICE_EVERY {
+            last_notice = Instant::now();
+            told.retain(|p, _| conns.contains_key(p));
+            send_notices(
+                &conns,
+                &complete_peers,
+                &blobs,
+                &held,
+                &mut told,
+                &notices_in_flight,
+            );
+        }
         let wake = sched
             .next_deadline()
-            .map_or(TICK, |d| d.saturating_sub(started.elapsed()).min(TICK));
+            .map_or(TICK, |d| d.saturating_sub(started.elapsed()).min(TICK))
+            .min(NOTICE_EVERY.saturating_sub(last_notice.elapsed()));
         let next_discovered = async {
             match &mut discovered {
                 Some(d) => d.recv().await,
@@ -547,12 +575,12 @@ pub async fn fetch(
                         tasks.remove(&id);
                         match outcome {
                             Outcome::Ok { new, duplicate } => {
-                                if let Some(b) = request_blob.remove(&id)
-                                    && new > 0
-                                    && !announced[b]
-                                {
-                                    announced[b] = true;
-                                    on_first_piece(blobs[b].hash);
+                                if let Some((b, ranges)) = request_blob.remove(&id) {
+                                    held[b] = &held[b] | &ranges;
+                                    if new > 0 && !announced[b] {
+                                        announced[b] = true;
+                                        on_first_piece(blobs[b].hash);
+                                    }
                                 }
                                 last_progress = Instant::now();
                                 report.bytes_fetched += new;
@@ -630,6 +658,41 @@ pub async fn fetch(
     }
 }
 
+/// Tells each complete peer what this fetch has verified since it last told it (holder
+/// notices; see `modeld_proto::holders`): at most [`NOTICES_PER_ROUND`] notices per
+/// peer, and [`MAX_NOTICES_IN_FLIGHT`] on their way in all (the rest waits for the
+/// next round). A notice that fails is not resent: the peer then knows less, which
+/// only makes it refuse less.
+fn send_notices(
+    conns: &BTreeMap<PublicKey, PeerConn>,
+    complete_peers: &BTreeSet<(PublicKey, usize)>,
+    blobs: &[Blob],
+    held: &[ranges::ChunkRanges],
+    told: &mut BTreeMap<PublicKey, Vec<ranges::ChunkRanges>>,
+    in_flight: &Arc<AtomicUsize>,
+) {
+    for (&peer, conn) in conns {
+        let mut budget = NOTICES_PER_ROUND;
+        for b in (0..blobs.len()).filter(|&b| complete_peers.contains(&(peer, b))) {
+            let told = told
+                .entry(peer)
+                .or_insert_with(|| vec![ranges::ChunkRanges::empty(); blobs.len()]);
+            let room = MAX_NOTICES_IN_FLIGHT.saturating_sub(in_flight.load(Ordering::Relaxed));
+            for notice in holders::news(&held[b], &mut told[b], budget.min(room)) {
+                budget -= 1;
+                in_flight.fetch_add(1, Ordering::Relaxed);
+                let (conn, hash, in_flight) = (conn.clone(), blobs[b].hash, in_flight.clone());
+                tokio::spawn(async move {
+                    if let Err(e) = conn.holds(hash, notice).await {
+                        tracing::debug!(peer = %conn.id(), error = %e, "holder notice failed");
+                    }
+                    in_flight.fetch_sub(1, Ordering::Relaxed);
+                });
+            }
+        }
+    }
+}
+
 /// Flushes and records what every blob has (completing those that are whole).
 async fn checkpoint_all(blobs: &[Blob]) -> Vec<Result<bool, String>> {
     let partials: Vec<PartialBlob> = blobs.iter().map(|b| b.partial.clone()).collect();
@@ -695,6 +758,7 @@ fn failure_of(e: &PeerError) -> Failure {
         PeerError::Status { status, .. } => match status {
             Status::NotFound | Status::NotPresent => Failure::NotPresent,
             Status::Busy | Status::TooLarge => Failure::Busy,
+            Status::Elsewhere => Failure::Elsewhere,
             Status::Corrupt => Failure::Corrupt,
             _ => Failure::Io,
         },

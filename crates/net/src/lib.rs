@@ -25,13 +25,14 @@ use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr},
     str::FromStr,
     sync::{
-        Arc,
+        Arc, Mutex,
         atomic::{AtomicU64, Ordering},
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
-use modeld_core::PublicKey;
+use modeld_core::{Hash, PublicKey};
+use modeld_proto::holders::Holders;
 use modeld_store::Store;
 
 pub use crate::identity::{AllowList, NodeKey};
@@ -144,6 +145,11 @@ pub struct Counters {
     /// Blob requests the asker withdrew while they waited for the answer budget (a
     /// fetch that found a quicker peer for the piece); nothing was read or sent.
     pub requests_withdrawn: AtomicU64,
+    /// Blob requests this complete node pointed elsewhere (`Status::Elsewhere`):
+    /// enough of its other peers said they hold the ranges.
+    pub requests_elsewhere: AtomicU64,
+    /// Holder notices received from fetching peers.
+    pub notices_received: AtomicU64,
 }
 
 impl Counters {
@@ -158,6 +164,8 @@ impl Counters {
             ("bytes_resumed", &self.bytes_resumed),
             ("peers_banned", &self.peers_banned),
             ("requests_withdrawn", &self.requests_withdrawn),
+            ("requests_elsewhere", &self.requests_elsewhere),
+            ("notices_received", &self.notices_received),
         ]
         .into_iter()
         .map(|(k, v)| (k, v.load(Ordering::Relaxed)))
@@ -180,6 +188,10 @@ struct NetInner {
     counters: Counters,
     upload: RateLimiter,
     download: RateLimiter,
+    /// What connected peers say they hold (see `modeld_proto::holders`).
+    holders: Mutex<Holders<PublicKey, Hash>>,
+    /// The origin of the times `holders` is given.
+    started: Instant,
 }
 
 impl Net {
@@ -195,6 +207,8 @@ impl Net {
                 config,
                 store,
                 counters: Counters::default(),
+                holders: Mutex::new(Holders::default()),
+                started: Instant::now(),
             }),
         };
         tokio::spawn(serve::accept_loop(net.clone()));

@@ -11,6 +11,12 @@
 //!
 //! Only the validated encoder produces blob data: holes are refused (`NotPresent`) and
 //! rot found on the way is reported (`Corrupt`) and marked missing, never sent.
+//!
+//! A node holding a whole blob keeps what its connected peers say they hold of it
+//! (holder notices, `Request::Holds`) and, when a request's turn in the answer budget
+//! comes, points it elsewhere (`Elsewhere`) if two of its other peers hold all of it:
+//! its upload goes to what the swarm lacks (`modeld_proto::holders`). A peer's claims
+//! are dropped when its connection ends.
 
 use std::{
     sync::{Arc, Mutex, atomic::Ordering},
@@ -80,6 +86,7 @@ async fn handle_connection(net: Net, incoming: quinn::Incoming, budget: Arc<Sema
             handle_stream(&net, peer, send, recv, &budget, &throttle).await;
         });
     }
+    lock(&net.inner.holders).forget(&peer);
     let stats = conn.stats();
     tracing::debug!(
         %remote,
@@ -95,7 +102,7 @@ async fn handle_connection(net: Net, incoming: quinn::Incoming, budget: Arc<Sema
 
 /// Takes one request token; false if the peer is over its rate.
 fn allow_request(throttle: &Mutex<(f64, Instant)>) -> bool {
-    let mut t = throttle.lock().unwrap_or_else(|e| e.into_inner());
+    let mut t = lock(throttle);
     let now = Instant::now();
     t.0 = (t.0 + now.duration_since(t.1).as_secs_f64() * REQUESTS_PER_SEC).min(REQUESTS_PER_SEC);
     t.1 = now;
@@ -153,6 +160,7 @@ async fn handle_stream(
     };
     let answer = match request {
         Request::Have { hash } => answer_have(net, hash).await,
+        Request::Holds { hash, ranges } => record_notice(net, peer, hash, ranges).await,
         Request::GetManifest { id } => answer_manifest(net, id).await,
         Request::GetBlob { hash, ranges } => {
             return serve_blob(net, peer, send, hash, ranges, budget).await;
@@ -194,6 +202,42 @@ async fn answer_have(net: &Net, hash: modeld_core::Hash) -> Vec<u8> {
     }
 }
 
+/// A fetching peer says it holds `ranges` of `hash`: kept (clipped to the blob) for
+/// [`point_elsewhere`] if this node has any of the blob, ignored otherwise.
+async fn record_notice(
+    net: &Net,
+    peer: PublicKey,
+    hash: modeld_core::Hash,
+    ranges: ranges::ChunkRanges,
+) -> Vec<u8> {
+    net.inner
+        .counters
+        .notices_received
+        .fetch_add(1, Ordering::Relaxed);
+    let store = net.inner.store.clone();
+    if let Some(Ok(Some((size, _)))) = blocking(move || store.available(hash)).await {
+        let ranges = ranges::clip(&ranges, size);
+        lock(&net.inner.holders).record(peer, hash, &ranges);
+    }
+    vec![Status::Ok as u8]
+}
+
+/// Whether this node, holding all of `hash`, points `peer`'s request for `want`
+/// elsewhere: enough of its other peers said they hold it (`modeld_proto::holders`).
+fn point_elsewhere(
+    net: &Net,
+    peer: PublicKey,
+    hash: modeld_core::Hash,
+    want: &ranges::ChunkRanges,
+) -> bool {
+    let now = net.inner.started.elapsed();
+    lock(&net.inner.holders).should_refuse(peer, hash, want, now)
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 async fn answer_manifest(net: &Net, id: modeld_core::Hash) -> Vec<u8> {
     let store = net.inner.store.clone();
     match blocking(move || store.manifest(id)).await {
@@ -221,7 +265,7 @@ async fn serve_blob(
         .await;
         return;
     };
-    let Some((size, _)) = found else {
+    let Some((size, have)) = found else {
         let _ = reply(
             &mut send,
             &wire::encode_error(Status::NotFound, "no such blob"),
@@ -252,6 +296,14 @@ async fn serve_blob(
     let Ok(_permit) = permit else {
         return;
     };
+    // At its turn, a request to a complete node for what enough of its other peers
+    // hold goes to them instead: this node's upload is kept for what they lack.
+    if ranges::is_complete(&have, size) && point_elsewhere(net, peer, hash, &want) {
+        counters.requests_elsewhere.fetch_add(1, Ordering::Relaxed);
+        let msg = "other peers of this node hold these ranges; ask them";
+        let _ = reply(&mut send, &wire::encode_error(Status::Elsewhere, msg)).await;
+        return;
+    }
     let store = net.inner.store.clone();
     let encoded = blocking(move || {
         let mut out = Vec::with_capacity(encoded_len);

@@ -4,6 +4,8 @@
 //!   pure functions with every length bounded.
 //! - [`scheduler`]: the piece scheduler, a state machine driven with the current time
 //!   (rarest first, pipelining with per-peer windows, endgame, bans and timeouts).
+//! - [`holders`]: what a fetch tells the complete peers it holds, and how a complete
+//!   node uses it to keep its upload for pieces the swarm lacks.
 //!
 //! The same scheduler runs inside `modeld` (driven by QUIC) and inside the swarm
 //! simulator (driven by simulated time), so what the simulator predicts is what the
@@ -26,5 +28,6 @@
 //! assert!(s.is_done());
 //! ```
 
+pub mod holders;
 pub mod scheduler;
 pub mod wire;

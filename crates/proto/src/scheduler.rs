@@ -156,6 +156,11 @@ pub enum Failure {
     Corrupt,
     /// The connection or stream broke.
     Io,
+    /// The peer has the piece but points elsewhere: enough of its other peers hold it
+    /// (`Status::Elsewhere`). The piece goes to other holders first, and the peer is
+    /// left alone for [`SchedulerConfig::busy_backoff`] (asked again at once, it would
+    /// only refuse again), its window kept: it is choosy, not overloaded.
+    Elsewhere,
 }
 
 /// Why a peer is dropped.
@@ -885,6 +890,12 @@ impl<P: Ord + Copy + Debug> Scheduler<P> {
                     self.set_avail(r.piece, -1);
                 }
             }
+            // Recorded as failed at this peer above: the piece goes to others first.
+            Failure::Elsewhere => {
+                if let Some(p) = self.peers.get_mut(&r.peer) {
+                    p.backoff_until = now + self.config.busy_backoff;
+                }
+            }
             Failure::Busy => {
                 if let Some(p) = self.peers.get_mut(&r.peer) {
                     p.window = (p.window / 2).max(1);
@@ -1406,6 +1417,50 @@ mod tests {
         );
         let (_, peer, _, _) = req(&s.poll_action(deadline).unwrap());
         assert_eq!(peer, 2);
+    }
+
+    #[test]
+    fn a_piece_pointed_elsewhere_goes_to_another_holder_and_the_peer_rests_a_moment() {
+        let cfg = SchedulerConfig {
+            min_window: 1,
+            max_window: 1,
+            ..SchedulerConfig::default()
+        };
+        let backoff = cfg.busy_backoff;
+        let mut s = Scheduler::new(&[spec(4 * MIB)], cfg);
+        s.add_peer(1, T0);
+        s.peer_has(1, 0, &ChunkRanges::all(), T0);
+        let (id, peer, _, piece) = req(&s.poll_action(T0).unwrap());
+        assert_eq!(peer, 1);
+        // A fetching peer holding just that piece turns up; the seed points elsewhere.
+        s.add_peer(2, T0);
+        s.peer_has(2, 0, &piece, T0);
+        s.on_failed(id, Failure::Elsewhere, T0);
+        let now = T0 + Duration::from_millis(1);
+        let actions = all_requests(&mut s, now);
+        assert_eq!(actions.len(), 1, "{actions:?}");
+        let (_, peer, _, r) = req(&actions[0]);
+        assert_eq!((peer, &r), (2, &piece));
+        // After its back-off the seed is asked for another piece.
+        let (_, peer, _, r) = req(&s.poll_action(T0 + backoff).unwrap());
+        assert_eq!(peer, 1);
+        assert_ne!(r, piece);
+    }
+
+    #[test]
+    fn a_piece_pointed_elsewhere_with_no_other_holder_is_asked_again() {
+        let mut s = Scheduler::new(&[spec(MIB)], SchedulerConfig::default());
+        s.add_peer(1, T0);
+        s.peer_has(1, 0, &ChunkRanges::all(), T0);
+        let (id, _, _, piece) = req(&s.poll_action(T0).unwrap());
+        s.on_failed(id, Failure::Elsewhere, T0);
+        assert!(
+            s.poll_action(T0).is_none(),
+            "asked again during the back-off"
+        );
+        let later = T0 + SchedulerConfig::default().busy_backoff;
+        let (_, peer, _, r) = req(&s.poll_action(later).unwrap());
+        assert_eq!((peer, r), (1, piece));
     }
 
     #[test]
@@ -2055,7 +2110,7 @@ mod tests {
         #[test]
         fn invariants_hold(
             haves in proptest::collection::vec(proptest::collection::vec(any::<bool>(), 12), 1..5),
-            outcomes in proptest::collection::vec(0u8..6, 1..400),
+            outcomes in proptest::collection::vec(0u8..7, 1..400),
             seed in any::<u64>(),
         ) {
             let size = 12 * MIB - 100;
@@ -2125,11 +2180,12 @@ mod tests {
                     }
                 }
                 let (id, _) = outstanding.remove(0);
-                // Mostly successes, some timeouts and busy answers; no corruption, so
-                // nobody is banned and everything stays fetchable.
+                // Mostly successes, some timeouts, busy answers and pointers elsewhere;
+                // no corruption, so nobody is banned and everything stays fetchable.
                 match outcomes.next().unwrap_or(0) {
                     4 => s.on_failed(id, Failure::Timeout, now),
                     5 => s.on_failed(id, Failure::Busy, now),
+                    6 => s.on_failed(id, Failure::Elsewhere, now),
                     _ => s.on_complete(id, now),
                 }
                 now += Duration::from_millis(600);

@@ -8,7 +8,7 @@ use bao_tree::iter::ResponseIterRef;
 use modeld_core::{
     Hash,
     envelope::MAX_ENVELOPE_BYTES,
-    ranges::{self, ChunkNum, ChunkRanges},
+    ranges::{self, ChunkRanges},
 };
 
 /// ALPN protocol id of the data plane.
@@ -46,11 +46,21 @@ pub enum Request {
         /// The blob.
         hash: Hash,
     },
+    /// A notice, not a question: the sender now holds (verified) `ranges` of blob
+    /// `hash`, besides what it said before. Sent by a fetch to the complete peers it is
+    /// connected to (see [`crate::holders`]); answered with a bare `Ok`.
+    Holds {
+        /// The blob.
+        hash: Hash,
+        /// Chunk ranges newly held.
+        ranges: ChunkRanges,
+    },
 }
 
 const KIND_GET_BLOB: u8 = 1;
 const KIND_GET_MANIFEST: u8 = 2;
 const KIND_HAVE: u8 = 3;
+const KIND_HOLDS: u8 = 4;
 
 /// Why bytes are not a valid message.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -179,6 +189,12 @@ impl Request {
                 out.push(KIND_HAVE);
                 out.extend_from_slice(hash.as_bytes());
             }
+            Self::Holds { hash, ranges } => {
+                debug_assert!(ranges.boundaries().len() <= MAX_REQUEST_BOUNDARIES);
+                out.push(KIND_HOLDS);
+                out.extend_from_slice(hash.as_bytes());
+                put_ranges(&mut out, ranges, false);
+            }
         }
         out
     }
@@ -196,6 +212,10 @@ impl Request {
             },
             KIND_GET_MANIFEST => Self::GetManifest { id: r.hash()? },
             KIND_HAVE => Self::Have { hash: r.hash()? },
+            KIND_HOLDS => Self::Holds {
+                hash: r.hash()?,
+                ranges: r.ranges(MAX_REQUEST_BOUNDARIES)?,
+            },
             k => return Err(WireError::UnknownKind(k)),
         };
         r.finish()?;
@@ -223,6 +243,10 @@ pub enum Status {
     BadRequest = 6,
     /// The server failed.
     Internal = 7,
+    /// The server holds the ranges, but enough of its other peers hold them too: ask
+    /// those (a complete node keeps its upload for what the swarm lacks; see
+    /// [`crate::holders`]). Asked again, it answers.
+    Elsewhere = 8,
 }
 
 impl Status {
@@ -237,6 +261,7 @@ impl Status {
             5 => Self::Corrupt,
             6 => Self::BadRequest,
             7 => Self::Internal,
+            8 => Self::Elsewhere,
             k => return Err(WireError::UnknownKind(k)),
         })
     }
@@ -332,7 +357,7 @@ impl HaveMap {
         let ranges = if self.complete {
             ChunkRanges::empty()
         } else {
-            coarsen(&ranges::clip(&self.ranges, self.size), MAX_HAVE_BOUNDARIES)
+            ranges::keep_largest(&ranges::clip(&self.ranges, self.size), MAX_HAVE_BOUNDARIES)
         };
         put_ranges(&mut out, &ranges, true);
         out
@@ -369,26 +394,6 @@ impl HaveMap {
     }
 }
 
-/// Keeps the largest ranges of `r` so that at most `max` boundaries remain.
-fn coarsen(r: &ChunkRanges, max: usize) -> ChunkRanges {
-    if r.boundaries().len() <= max {
-        return r.clone();
-    }
-    let mut spans: Vec<(u64, u64)> = r
-        .boundaries()
-        .chunks_exact(2)
-        .map(|p| (p[0].0, p[1].0))
-        .collect();
-    spans.sort_by_key(|(s, e)| std::cmp::Reverse(e - s));
-    spans.truncate(max / 2);
-    spans.sort_unstable();
-    let mut out = ChunkRanges::empty();
-    for (s, e) in spans {
-        out |= ChunkRanges::from(ChunkNum(s)..ChunkNum(e));
-    }
-    out
-}
-
 /// The exact length of the bao encoding of `ranges` of a blob of `size` bytes: what
 /// follows a blob header. Lets a client bound its reads before it reads anything.
 ///
@@ -422,6 +427,7 @@ pub fn encoded_len(size: u64, ranges: &ChunkRanges) -> u64 {
 #[cfg(test)]
 mod tests {
     use bao_tree::io::{outboard::PreOrderMemOutboard, sync::encode_ranges_validated};
+    use modeld_core::ranges::ChunkNum;
     use proptest::prelude::*;
 
     use super::*;
@@ -444,6 +450,10 @@ mod tests {
             Request::GetManifest { id: Hash::of(b"m") },
             Request::Have {
                 hash: Hash::of(b"h"),
+            },
+            Request::Holds {
+                hash: Hash::of(b"h"),
+                ranges: r(0, 16) | r(64, 4096),
             },
         ] {
             assert_eq!(Request::decode(&req.encode()).unwrap(), req);
@@ -473,6 +483,10 @@ mod tests {
 
     #[test]
     fn answers_round_trip() {
+        for b in 0..=8 {
+            assert_eq!(Status::from_byte(b).unwrap() as u8, b);
+        }
+        assert_eq!(Status::from_byte(9), Err(WireError::UnknownKind(9)));
         let err = encode_error(Status::NotPresent, "no such range");
         assert_eq!(Status::from_byte(err[0]).unwrap(), Status::NotPresent);
         assert_eq!(decode_error(&err[1..]).unwrap(), "no such range");
