@@ -1047,14 +1047,13 @@ impl Swarm {
             self.backlog.insert(peer);
             return;
         }
-        if !self.points_elsewhere(peer, h, id) {
-            self.begin_answer(h, id);
-        }
+        // Taken up at once: the server has room, so it sends whatever is asked.
+        self.begin_answer(h, id);
     }
 
-    /// At the turn of request `id` of host `h`: if `peer` is complete and enough of its
-    /// other peers hold what is asked, the request fails with `Elsewhere` (as the
-    /// daemon's server answers; see `modeld_proto::holders`).
+    /// At the turn of request `id` of host `h`, which waited for it: if `peer` is
+    /// complete and enough of its other peers hold what is asked, the request fails
+    /// with `Elsewhere` (as the daemon's server answers; see `modeld_proto::holders`).
     fn points_elsewhere(&mut self, peer: u32, h: u32, id: RequestId) -> bool {
         let Some(req) = self.request(h, id) else {
             return false;

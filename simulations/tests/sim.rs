@@ -214,10 +214,11 @@ fn fetches_leave_crowded_first_providers_for_later_ones() {
 }
 
 /// A burst of 300 hosts from 4 seeds. Fetches tell the seeds what they hold, and a
-/// seed points a request elsewhere while two of its other peers hold the piece
-/// (`modeld_proto::holders`): the seeds send 3.7x the model instead of 9.1x (without
-/// the rule, `REFUSE_AT` set out of reach), and the last host finishes a little
-/// sooner (2.33x the bound against 2.39x; a small model, so start-up dominates).
+/// busy seed points a request elsewhere at its turn while two of its other peers hold
+/// the piece (`modeld_proto::holders`): the seeds send 4.3x the model instead of 9.1x
+/// (without the rule, `REFUSE_AT` set out of reach: checked), and the last host
+/// finishes as before (2.38x the bound against 2.39x; a small model, so start-up
+/// dominates).
 const SEEDY: &str = r#"
 name = "seedy"
 seed = 3

@@ -142,12 +142,13 @@ fn report(name: &str, sw: &Swarm, results: &[(usize, f64, serde_json::Value)]) {
         "\n=== {name}: {} hosts, {:.0} MiB, links {RATE_MBIT} Mbit/s each way\n\
          finish times (s): {times:.1?}\n\
          last host done in {last:.1} s; bound F/U = {bound:.1} s; ratio {:.2}\n\
-         seed uploaded {:.0} MiB = {:.2} F\n",
+         seed uploaded {:.0} MiB = {:.2} F; it pointed {} requests elsewhere\n",
         results.len(),
         sw.total as f64 / f64::from(1 << 20),
         last / bound,
         seed_up / f64::from(1 << 20),
-        seed_up / sw.total as f64
+        seed_up / sw.total as f64,
+        sw.lab.daemon(0).counter("requests_elsewhere"),
     );
 }
 

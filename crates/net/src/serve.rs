@@ -13,10 +13,10 @@
 //! rot found on the way is reported (`Corrupt`) and marked missing, never sent.
 //!
 //! A node holding a whole blob keeps what its connected peers say they hold of it
-//! (holder notices, `Request::Holds`) and, when a request's turn in the answer budget
-//! comes, points it elsewhere (`Elsewhere`) if two of its other peers hold all of it:
-//! its upload goes to what the swarm lacks (`modeld_proto::holders`). A peer's claims
-//! are dropped when its connection ends.
+//! (holder notices, `Request::Holds`) and, when a request that had to wait for the
+//! answer budget gets its turn, points it elsewhere (`Elsewhere`) if two of its other
+//! peers hold all of it: a busy node's upload goes to what the swarm lacks
+//! (`modeld_proto::holders`). A peer's claims are dropped when its connection ends.
 
 use std::{
     sync::{Arc, Mutex, atomic::Ordering},
@@ -286,19 +286,27 @@ async fn serve_blob(
     // Wait for room in the answer budget (first come, first served), unless the
     // asker withdraws the request meanwhile: a swamped seed's queue then holds only
     // requests someone still wants from it.
-    let permit = tokio::select! {
-        permit = budget.acquire_many(((encoded_len >> 10) + 1) as u32) => permit,
-        _ = send.stopped() => {
-            counters.requests_withdrawn.fetch_add(1, Ordering::Relaxed);
-            return;
+    let permits = ((encoded_len >> 10) + 1) as u32;
+    let (permit, waited) = match budget.try_acquire_many(permits) {
+        Ok(permit) => (Ok(permit), false),
+        Err(_) => {
+            let permit = tokio::select! {
+                permit = budget.acquire_many(permits) => permit,
+                _ = send.stopped() => {
+                    counters.requests_withdrawn.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+            };
+            (permit, true)
         }
     };
     let Ok(_permit) = permit else {
         return;
     };
-    // At its turn, a request to a complete node for what enough of its other peers
-    // hold goes to them instead: this node's upload is kept for what they lack.
-    if ranges::is_complete(&have, size) && point_elsewhere(net, peer, hash, &want) {
+    // A request that had to wait for its turn at a complete node, for what enough of
+    // the node's other peers hold, goes to them instead: a node with a queue keeps its
+    // upload for what they lack (one with room sends whatever is asked).
+    if waited && ranges::is_complete(&have, size) && point_elsewhere(net, peer, hash, &want) {
         counters.requests_elsewhere.fetch_add(1, Ordering::Relaxed);
         let msg = "other peers of this node hold these ranges; ask them";
         let _ = reply(&mut send, &wire::encode_error(Status::Elsewhere, msg)).await;

@@ -11,10 +11,11 @@
 //!   last told them, once per [`NOTICE_EVERY`] ([`news`] cuts the difference into
 //!   notices of wire size: `Request::Holds`).
 //! - A complete node keeps those claims per connected peer ([`Holders`]) and, when a
-//!   request's turn to be answered comes, refuses it (`Status::Elsewhere`) if
-//!   [`REFUSE_AT`] of its other peers hold everything it asks for
+//!   request that had to wait for its turn gets it, refuses it (`Status::Elsewhere`)
+//!   if [`REFUSE_AT`] of its other peers hold everything it asks for
 //!   ([`Holders::should_refuse`]). The asker gets that piece from a fetching holder,
-//!   and the seed's upload goes to what the swarm still lacks.
+//!   and the seed's upload goes to what the swarm still lacks. A node with room (no
+//!   wait) sends whatever is asked: it has upload to spare.
 //! - A peer is refused a piece for at most [`REFUSAL_WINDOW`] after the first refusal,
 //!   then answered: a fetch that knows no other holder, or cannot reach them, gets the
 //!   piece anyway, and a peer lying about what it holds (claiming everything, to starve
