@@ -58,8 +58,10 @@ pub const NOTICE_EVERY: Duration = Duration::from_millis(100);
 pub const NOTICES_PER_ROUND: usize = 8;
 /// A complete node refuses a request whose ranges this many of its other peers hold.
 pub const REFUSE_AT: usize = 2;
-/// Most peers whose claims one node keeps.
-pub const MAX_CLAIMING_PEERS: usize = 1024;
+/// Most peers whose claims one node keeps (and that it can refuse: a peer with no
+/// room in the table is always answered). More than a node has connections: the
+/// daemon takes 256; a simulated seed is connected to every fetch of a burst.
+pub const MAX_CLAIMING_PEERS: usize = 16_384;
 /// How long a peer may be refused one piece: after that it is answered, whoever holds
 /// the piece (the asker may not reach them, or they may have lied).
 pub const REFUSAL_WINDOW: Duration = Duration::from_secs(5);
