@@ -227,6 +227,9 @@ struct Piece {
     failed_peers: u32,
 }
 
+/// A connected peer. One that disconnects, or is banned, leaves the table for
+/// [`Retired`]: what every assignment scans stays the peers it can ask, and what a
+/// long fetch with many short-lived peers keeps stays small.
 #[derive(Debug)]
 struct Peer {
     /// Per blob, what the peer has.
@@ -238,6 +241,9 @@ struct Peer {
     inflight_bytes: u64,
     /// Measured delivery rate (bytes per second), once a request has completed.
     rate: Option<f64>,
+    /// When the oldest of `inflight` was sent (kept here: every assignment looks at
+    /// it for every peer, and a swarm simulator runs thousands of schedulers).
+    oldest_sent: Option<Duration>,
     meter: Meter,
     /// When its last request ended (or when it was added): the age of what is known
     /// of its rate while it is idle.
@@ -248,8 +254,6 @@ struct Peer {
     offer: u32,
     window: usize,
     timeouts: u32,
-    banned: bool,
-    gone: bool,
     backoff_until: Duration,
     delivered: u64,
     /// How long its answers waited before their first bytes came (seconds, a moving
@@ -257,6 +261,14 @@ struct Peer {
     wait: Option<f64>,
     /// Pieces whose request to this peer failed; others are asked first.
     failed: BTreeSet<usize>,
+}
+
+/// What is kept of a peer that is gone: whether it was banned (then it is never
+/// admitted again) and what it delivered (for the fetch's report).
+#[derive(Debug, Clone, Copy)]
+struct Retired {
+    banned: bool,
+    delivered: u64,
 }
 
 /// Measures a peer's delivery rate while it has requests in flight: bytes completed
@@ -337,7 +349,10 @@ pub struct Scheduler<P: Ord + Copy + Debug> {
     missing: BTreeSet<(u32, u64, usize)>,
     /// The most peers at which one piece has failed.
     most_failed: u32,
+    /// The connected peers.
     peers: BTreeMap<P, Peer>,
+    /// Peers that were connected once.
+    retired: BTreeMap<P, Retired>,
     requests: BTreeMap<RequestId, Outstanding<P>>,
     /// The requests by deadline, earliest first.
     deadlines: BTreeSet<(Duration, RequestId)>,
@@ -442,6 +457,7 @@ impl<P: Ord + Copy + Debug> Scheduler<P> {
             missing,
             most_failed: 0,
             peers: BTreeMap::new(),
+            retired: BTreeMap::new(),
             requests: BTreeMap::new(),
             deadlines: BTreeSet::new(),
             queued: Vec::new(),
@@ -475,9 +491,9 @@ impl<P: Ord + Copy + Debug> Scheduler<P> {
             && self.pieces.iter().all(|p| p.state == PieceState::Done)
     }
 
-    /// Live (not banned, not gone) peers.
+    /// Connected peers (not gone, not banned).
     pub fn live_peers(&self) -> usize {
-        self.peers.values().filter(|p| !p.banned && !p.gone).count()
+        self.peers.len()
     }
 
     /// Requests in flight.
@@ -487,12 +503,18 @@ impl<P: Ord + Copy + Debug> Scheduler<P> {
 
     /// Whether `peer` is banned.
     pub fn is_banned(&self, peer: &P) -> bool {
-        self.peers.get(peer).is_some_and(|p| p.banned)
+        self.retired.get(peer).is_some_and(|r| r.banned)
     }
 
     /// Bytes delivered by each peer.
     pub fn delivered(&self) -> impl Iterator<Item = (P, u64)> + '_ {
-        self.peers.iter().map(|(k, p)| (*k, p.delivered))
+        let connected = self.peers.iter().map(|(k, p)| (*k, p.delivered));
+        let retired = self.retired.iter().map(|(k, r)| (*k, r.delivered));
+        // In the order of the peers' names, as one table.
+        connected
+            .chain(retired)
+            .collect::<BTreeMap<P, u64>>()
+            .into_iter()
     }
 
     /// Live peers that have nothing this fetch still needs and nothing in flight: a
@@ -500,7 +522,7 @@ impl<P: Ord + Copy + Debug> Scheduler<P> {
     pub fn useless_peers(&self) -> impl Iterator<Item = P> + '_ {
         self.peers
             .iter()
-            .filter(|(_, p)| !p.banned && !p.gone && p.useful == 0 && p.inflight.is_empty())
+            .filter(|(_, p)| p.useful == 0 && p.inflight.is_empty())
             .map(|(k, _)| *k)
     }
 
@@ -541,7 +563,7 @@ impl<P: Ord + Copy + Debug> Scheduler<P> {
         let mut queued: Vec<(f64, P)> = self
             .peers
             .iter()
-            .filter(|(_, p)| !p.banned && !p.gone && (p.useful as usize) < lacking)
+            .filter(|(_, p)| (p.useful as usize) < lacking)
             .filter_map(|(k, p)| {
                 // Request ids grow with time: the first not started is the oldest.
                 let oldest = p
@@ -562,7 +584,6 @@ impl<P: Ord + Copy + Debug> Scheduler<P> {
         let mut rates: Vec<(f64, P)> = self
             .peers
             .iter()
-            .filter(|(_, p)| !p.banned && !p.gone)
             .filter_map(|(k, p)| p.rate.map(|r| (r, *k)))
             .collect();
         rates.sort_by(|a, b| a.0.total_cmp(&b.0));
@@ -587,7 +608,7 @@ impl<P: Ord + Copy + Debug> Scheduler<P> {
 
     /// A new peer (it has nothing until [`Scheduler::peer_has`]).
     pub fn add_peer(&mut self, peer: P, now: Duration) {
-        if self.peers.contains_key(&peer) {
+        if self.peers.contains_key(&peer) || self.retired.contains_key(&peer) {
             return;
         }
         self.peers.insert(
@@ -598,14 +619,13 @@ impl<P: Ord + Copy + Debug> Scheduler<P> {
                 inflight: BTreeMap::new(),
                 inflight_bytes: 0,
                 rate: None,
+                oldest_sent: None,
                 meter: Meter::default(),
                 idle_since: now,
                 useful: 0,
                 offer: 0,
                 window: self.config.min_window,
                 timeouts: 0,
-                banned: false,
-                gone: false,
                 backoff_until: Duration::ZERO,
                 delivered: 0,
                 wait: None,
@@ -622,7 +642,7 @@ impl<P: Ord + Copy + Debug> Scheduler<P> {
         let Some(p) = self.peers.get_mut(&peer) else {
             return;
         };
-        if p.banned || p.gone || blob >= self.sizes.len() {
+        if blob >= self.sizes.len() {
             return;
         }
         let has = ranges::clip(has, self.sizes[blob]);
@@ -718,13 +738,15 @@ impl<P: Ord + Copy + Debug> Scheduler<P> {
     /// A peer that was removed or dropped (not banned) is back: it starts afresh, and
     /// has nothing until it says what it has.
     pub fn readmit_peer(&mut self, peer: P, now: Duration) {
-        match self.peers.get(&peer) {
-            Some(p) if p.banned => return,
-            Some(p) if !p.gone => self.retire_peer(peer, false, now),
-            _ => {}
+        if self.is_banned(&peer) {
+            return;
         }
-        self.peers.remove(&peer);
+        self.retire_peer(peer, false, now);
+        let before = self.retired.remove(&peer).map_or(0, |r| r.delivered);
         self.add_peer(peer, now);
+        if let Some(p) = self.peers.get_mut(&peer) {
+            p.delivered = before;
+        }
     }
 
     /// The peer disconnected: its requests fail and its pieces count no more.
@@ -733,31 +755,24 @@ impl<P: Ord + Copy + Debug> Scheduler<P> {
     }
 
     fn retire_peer(&mut self, peer: P, ban: bool, now: Duration) {
-        let Some(p) = self.peers.get_mut(&peer) else {
+        if let Some(r) = self.retired.get_mut(&peer) {
+            r.banned |= ban;
+            return;
+        }
+        let Some(p) = self.peers.remove(&peer) else {
             return;
         };
-        if ban {
-            p.banned = true;
+        self.retired.insert(
+            peer,
+            Retired {
+                banned: ban,
+                delivered: p.delivered,
+            },
+        );
+        for (i, _) in p.has_piece.iter().enumerate().filter(|(_, h)| **h) {
+            self.set_avail(i, -1);
         }
-        if p.gone && !ban {
-            return;
-        }
-        let was_live = !p.gone;
-        p.gone = true;
-        let inflight: Vec<RequestId> = std::mem::take(&mut p.inflight).into_keys().collect();
-        let had: Vec<usize> = p
-            .has_piece
-            .iter()
-            .enumerate()
-            .filter(|(_, h)| **h)
-            .map(|(i, _)| i)
-            .collect();
-        if was_live {
-            for i in had {
-                self.set_avail(i, -1);
-            }
-        }
-        for id in inflight {
+        for id in p.inflight.into_keys() {
             self.forget_request(id, now);
         }
     }
@@ -769,6 +784,8 @@ impl<P: Ord + Copy + Debug> Scheduler<P> {
         self.inflight_bytes -= r.bytes;
         if let Some(p) = self.peers.get_mut(&r.peer) {
             p.inflight.remove(&id);
+            // Request ids grow with time: the first is the oldest.
+            p.oldest_sent = p.inflight.first_key_value().map(|(_, &sent)| sent);
             p.inflight_bytes -= r.bytes;
             if p.inflight.is_empty() {
                 p.idle_since = now;
@@ -908,7 +925,7 @@ impl<P: Ord + Copy + Debug> Scheduler<P> {
                     p.timeouts += 1;
                     p.timeouts >= self.config.max_timeouts
                 });
-                if drop && !self.peers[&r.peer].gone {
+                if drop {
                     self.retire_peer(r.peer, false, now);
                     self.queued.push(Action::DropPeer {
                         peer: r.peer,
@@ -999,7 +1016,7 @@ impl<P: Ord + Copy + Debug> Scheduler<P> {
             let idx = (self.cursor + k) % peers.len();
             let peer = peers[idx];
             let p = &self.peers[&peer];
-            if p.banned || p.gone || p.inflight.len() >= p.window || p.backoff_until > now {
+            if p.inflight.len() >= p.window || p.backoff_until > now {
                 continue;
             }
             // With nothing missing on offer, a peer may still take over a late request
@@ -1071,9 +1088,6 @@ impl<P: Ord + Copy + Debug> Scheduler<P> {
         horizon: f64,
         median: impl FnOnce() -> f64,
     ) -> Standing {
-        if p.banned || p.gone {
-            return Standing::Quick;
-        }
         let rate = p.rate.or_else(|| self.overdue_rate(p, now, horizon));
         let piece = self.config.piece_bytes as f64;
         if !rate.is_some_and(|r| piece > r * horizon && r * LAST_RESORT_RATIO < median()) {
@@ -1093,8 +1107,7 @@ impl<P: Ord + Copy + Debug> Scheduler<P> {
     /// least as fast as the peer delivers). A new peer's first answer takes a few
     /// round trips; on a fast link the shortened horizon is a fraction of a second.
     fn overdue_rate(&self, p: &Peer, now: Duration, horizon: f64) -> Option<f64> {
-        // Request ids grow with time: the first is the oldest.
-        let (_, &sent) = p.inflight.first_key_value()?;
+        let sent = p.oldest_sent?;
         let age = now.saturating_sub(sent).as_secs_f64();
         let floor = LATE_FACTOR * self.config.queue_target.as_secs_f64();
         (age > horizon.max(floor)).then(|| self.config.piece_bytes as f64 / age)
@@ -1153,7 +1166,7 @@ impl<P: Ord + Copy + Debug> Scheduler<P> {
     fn quicker_holder(&self, i: usize, peers: &[P], last_resort: &[bool]) -> bool {
         peers.iter().zip(last_resort).any(|(k, &slow)| {
             let q = &self.peers[k];
-            !slow && !q.banned && !q.gone && q.has_piece[i] && !q.failed.contains(&i)
+            !slow && q.has_piece[i] && !q.failed.contains(&i)
         })
     }
 
@@ -1163,12 +1176,7 @@ impl<P: Ord + Copy + Debug> Scheduler<P> {
     /// (Little's law: on a fast link a long wait at busy peers would otherwise use up
     /// the in-flight allowance and leave the link idle).
     fn queue_target(&self) -> f64 {
-        let total: f64 = self
-            .peers
-            .values()
-            .filter(|p| !p.banned && !p.gone)
-            .filter_map(|p| p.rate)
-            .sum();
+        let total: f64 = self.peers.values().filter_map(|p| p.rate).sum();
         let configured = self.config.queue_target.as_secs_f64();
         if total <= 0.0 {
             return configured;
@@ -1277,6 +1285,7 @@ impl<P: Ord + Copy + Debug> Scheduler<P> {
         let p = self.peers.get_mut(&peer).expect("issuing to a known peer");
         if p.inflight.is_empty() {
             p.meter = Meter::start(now);
+            p.oldest_sent = Some(now);
         }
         p.inflight.insert(id, now);
         p.inflight_bytes += bytes;
@@ -1553,6 +1562,43 @@ mod tests {
                 "banned peer asked: {a:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_peer_that_leaves_keeps_only_its_delivered_bytes_and_its_ban() {
+        let mut s = Scheduler::new(&[spec(4 * MIB)], SchedulerConfig::default());
+        s.add_peer(1, T0);
+        s.peer_has(1, 0, &ChunkRanges::all(), T0);
+        let (id, ..) = req(&s.poll_action(T0).unwrap());
+        let t = T0 + Duration::from_millis(10);
+        s.on_complete(id, t);
+        s.remove_peer(1, t);
+        assert_eq!(s.live_peers(), 0);
+        assert_eq!(s.delivered().collect::<Vec<_>>(), vec![(1, MIB)]);
+        // Adding it does not bring it back; readmitting does, with what it delivered.
+        s.add_peer(1, t);
+        assert_eq!(s.live_peers(), 0);
+        s.readmit_peer(1, t);
+        assert_eq!(s.live_peers(), 1);
+        assert_eq!(s.delivered().collect::<Vec<_>>(), vec![(1, MIB)]);
+        s.peer_has(1, 0, &ChunkRanges::all(), t);
+        // Short-lived peers leave nothing behind but a line of the report.
+        for p in 2..1000 {
+            s.add_peer(p, t);
+            s.peer_has(p, 0, &ChunkRanges::all(), t);
+            s.remove_peer(p, t);
+        }
+        assert_eq!(s.live_peers(), 1);
+        assert_eq!(s.delivered().count(), 999);
+        assert_eq!(s.delivered().next(), Some((1, MIB)));
+        // A banned peer stays banned when it goes, and stays out.
+        while s.poll_action(t).is_some() {}
+        let id = *s.requests.keys().next().expect("a request to peer 1");
+        s.on_failed(id, Failure::Corrupt, t);
+        s.remove_peer(1, t);
+        s.readmit_peer(1, t);
+        assert!(s.is_banned(&1));
+        assert_eq!(s.live_peers(), 0);
     }
 
     #[test]
