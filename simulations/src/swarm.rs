@@ -208,8 +208,18 @@ struct Fetch {
     wake: Option<Nanos>,
     /// The wait before the next DHT lookup.
     lookup_wait: Nanos,
-    /// What this fetch has told each complete peer it holds, per blob.
-    told: BTreeMap<u32, Vec<ChunkRanges>>,
+    /// What this fetch has told each complete peer it holds, per blob, with the
+    /// have-map version it had then (a blob whose version did not move since it was
+    /// told in full has no news).
+    told: BTreeMap<u32, Vec<Told>>,
+}
+
+/// What a fetch told one peer of one blob.
+#[derive(Debug, Clone, Default)]
+struct Told {
+    ranges: ChunkRanges,
+    /// The blob's have-map version when `ranges` became all it held.
+    version: Option<u32>,
 }
 
 #[derive(Debug)]
@@ -834,12 +844,20 @@ impl Swarm {
             let told = f
                 .told
                 .entry(p)
-                .or_insert_with(|| vec![ChunkRanges::empty(); host.have.len()]);
+                .or_insert_with(|| vec![Told::default(); host.have.len()]);
             let mut budget = NOTICES_PER_ROUND;
             for (b, (held, told)) in host.have.iter().zip(told.iter_mut()).enumerate() {
-                for notice in holders::news(held, told, budget) {
-                    budget -= 1;
-                    peer.holders.record(h, b, &notice);
+                let version = host.version[b];
+                if told.version == Some(version) {
+                    continue;
+                }
+                let notices = holders::news(held, &mut told.ranges, budget);
+                if notices.len() < budget {
+                    told.version = Some(version);
+                }
+                budget -= notices.len();
+                for notice in &notices {
+                    peer.holders.record(h, b, notice);
                 }
             }
         }

@@ -60,11 +60,21 @@ pub fn keep_largest(ranges: &ChunkRanges, max: usize) -> ChunkRanges {
     spans.sort_by_key(|(s, e)| std::cmp::Reverse(e - s));
     spans.truncate(max / 2);
     spans.sort_unstable();
-    let mut out = ChunkRanges::empty();
-    for (s, e) in spans {
-        out |= ChunkRanges::from(ChunkNum(s)..ChunkNum(e));
-    }
-    out
+    let kept: Vec<ChunkNum> = spans
+        .into_iter()
+        .flat_map(|(s, e)| [ChunkNum(s), ChunkNum(e)])
+        .collect();
+    from_boundaries(&kept)
+}
+
+/// The set whose boundaries are `boundaries`: a run of consecutive boundaries of a set
+/// (whole pairs, and an odd last one only if it starts an unbounded range), or any
+/// strictly increasing sequence.
+///
+/// # Panics
+/// If `boundaries` is not strictly increasing.
+pub fn from_boundaries(boundaries: &[ChunkNum]) -> ChunkRanges {
+    ChunkRanges::new(SmallVec::from_slice(boundaries)).expect("boundaries strictly increasing")
 }
 
 /// The byte ranges `ranges` covers in a blob of `size` bytes.
