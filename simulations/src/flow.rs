@@ -41,14 +41,30 @@ pub struct FlowId {
 /// What the solver reads once per flow and recomputation (the hot fields are in
 /// [`Network`]'s dense arrays).
 #[derive(Debug)]
+#[repr(C)]
 struct Flow {
+    hops: u8,
     /// The resources it crosses: the first `hops` of `path`.
     path: [ResourceId; MAX_HOPS],
     /// Where this flow sits in each of those resources' member lists.
     positions: [u32; MAX_HOPS],
-    hops: u8,
     bytes: f64,
     tag: u64,
+}
+
+/// One flow's place: what a recomputation reads and writes for every flow comes
+/// first, so that a flow costs it one or two cache lines (the networks of the big
+/// runs hold hundreds of thousands of flows, far beyond the caches).
+#[derive(Debug)]
+#[repr(C)]
+struct Slot {
+    /// Bumped as the slot is freed, so stale ids and completions are told apart.
+    generation: u32,
+    /// The rate set at the last recomputation (0 for a flow added since).
+    rate: f64,
+    /// Bytes left at the last recomputation (or when added, if later).
+    remaining: f64,
+    flow: Option<Flow>,
 }
 
 /// A flow that finished.
@@ -68,13 +84,10 @@ pub struct Network {
     capacity: Vec<f64>,
     /// Bytes carried by each resource (accounted when a flow ends).
     carried: Vec<f64>,
-    slots: Vec<Option<Flow>>,
-    generations: Vec<u32>,
-    /// Per slot: the rate set at the last recomputation (0 for a flow added since).
-    rate: Vec<f64>,
-    /// Per slot: bytes left at the last recomputation (or when added, if later).
-    remaining: Vec<f64>,
-    /// Per slot: the recomputation that last fixed its rate.
+    slots: Vec<Slot>,
+    /// Per slot: the recomputation that last fixed its rate (apart from the slots: a
+    /// recomputation meets most flows twice, once per end, and this one check is all
+    /// the second meeting needs).
     fixed_in: Vec<u32>,
     free: Vec<u32>,
     active: usize,
@@ -112,9 +125,6 @@ impl Network {
             after: Vec::new(),
             capacity,
             slots: Vec::new(),
-            generations: Vec::new(),
-            rate: Vec::new(),
-            remaining: Vec::new(),
             fixed_in: Vec::new(),
             free: Vec::new(),
             active: 0,
@@ -172,11 +182,13 @@ impl Network {
         let slot = match self.free.pop() {
             Some(s) => s,
             None => {
-                self.slots.push(None);
-                self.generations.push(0);
-                self.rate.push(0.0);
-                self.remaining.push(0.0);
                 self.fixed_in.push(0);
+                self.slots.push(Slot {
+                    generation: 0,
+                    rate: 0.0,
+                    remaining: 0.0,
+                    flow: None,
+                });
                 (self.slots.len() - 1) as u32
             }
         };
@@ -186,24 +198,25 @@ impl Network {
             list.push(slot);
         }
         let s = slot as usize;
-        self.slots[s] = Some(flow);
-        self.rate[s] = 0.0;
-        self.remaining[s] = bytes as f64;
+        let place = &mut self.slots[s];
+        place.flow = Some(flow);
+        place.rate = 0.0;
+        place.remaining = bytes as f64;
         self.fixed_in[s] = self.epoch;
         self.active += 1;
         self.dirty = true;
         FlowId {
             slot,
-            generation: self.generations[s],
+            generation: self.slots[s].generation,
         }
     }
 
     /// Stops a flow at `now`; returns the bytes it had transferred (0 if unknown).
     pub fn remove(&mut self, now: Nanos, id: FlowId) -> u64 {
-        if self.generations.get(id.slot as usize) != Some(&id.generation) {
+        if self.slots.get(id.slot as usize).map(|p| p.generation) != Some(id.generation) {
             return 0;
         }
-        let Some(flow) = self.slots[id.slot as usize].take() else {
+        let Some(flow) = self.slots[id.slot as usize].flow.take() else {
             return 0;
         };
         let done = (flow.bytes - self.remaining_at(id.slot, now)).max(0.0);
@@ -216,8 +229,8 @@ impl Network {
     fn remaining_at(&self, slot: u32, now: Nanos) -> f64 {
         let since = self.last_recompute.unwrap_or(now);
         let secs = now.saturating_sub(since) as f64 / 1e9;
-        let s = slot as usize;
-        (self.remaining[s] - self.rate[s] * secs).max(0.0)
+        let place = &self.slots[slot as usize];
+        (place.remaining - place.rate * secs).max(0.0)
     }
 
     fn retire(&mut self, slot: u32, flow: &Flow, transferred: f64) {
@@ -228,7 +241,7 @@ impl Network {
             list.swap_remove(at as usize);
             // The flow moved into the hole learns its new position.
             if let Some(&moved) = list.get(at as usize) {
-                let m = self.slots[moved as usize].as_mut().expect("member");
+                let m = self.slots[moved as usize].flow.as_mut().expect("member");
                 let k = m
                     .resources()
                     .iter()
@@ -237,8 +250,9 @@ impl Network {
                 m.positions[k] = at;
             }
         }
-        self.rate[slot as usize] = 0.0;
-        self.generations[slot as usize] = self.generations[slot as usize].wrapping_add(1);
+        let place = &mut self.slots[slot as usize];
+        place.rate = 0.0;
+        place.generation = place.generation.wrapping_add(1);
         self.free.push(slot);
         self.active -= 1;
         self.dirty = true;
@@ -267,7 +281,8 @@ impl Network {
     }
 
     fn is_current(&self, slot: u32, generation: u32) -> bool {
-        self.generations[slot as usize] == generation && self.slots[slot as usize].is_some()
+        let place = &self.slots[slot as usize];
+        place.generation == generation && place.flow.is_some()
     }
 
     /// Removes and returns the flows that have finished by `now`.
@@ -278,7 +293,7 @@ impl Network {
                 break;
             }
             let Reverse((t, slot, generation)) = self.completions.pop().expect("peeked");
-            let flow = self.slots[slot as usize].take().expect("current");
+            let flow = self.slots[slot as usize].flow.take().expect("current");
             let bytes = flow.bytes;
             let tag = flow.tag;
             self.retire(slot, &flow, bytes);
@@ -331,11 +346,13 @@ impl Network {
                     continue;
                 }
                 self.fixed_in[s] = epoch;
+                let place = &mut self.slots[s];
                 // Bytes left now, at the old rate; then the new rate.
-                let remaining = (self.remaining[s] - self.rate[s] * elapsed).max(0.0);
-                self.remaining[s] = remaining;
-                self.rate[s] = share;
-                let flow = self.slots[s].as_ref().expect("member");
+                let remaining = (place.remaining - place.rate * elapsed).max(0.0);
+                place.remaining = remaining;
+                place.rate = share;
+                let generation = place.generation;
+                let flow = place.flow.as_ref().expect("member");
                 for &o in flow.resources() {
                     let o = o as usize;
                     self.left[o] -= share;
@@ -355,7 +372,7 @@ impl Network {
                 };
                 match finish {
                     Some(t) if t <= window_end => {
-                        due.push(Reverse((t, slot, self.generations[s])));
+                        due.push(Reverse((t, slot, generation)));
                     }
                     Some(t) if t < first_after => {
                         first_after = t;
@@ -380,7 +397,7 @@ impl Network {
             due.push(Reverse((
                 first_after,
                 slot,
-                self.generations[slot as usize],
+                self.slots[slot as usize].generation,
             )));
         }
         self.completions = BinaryHeap::from(due);
@@ -596,8 +613,8 @@ mod tests {
     /// The rates of every live flow, by slot.
     fn rates(net: &Network) -> Vec<(usize, f64)> {
         (0..net.slots.len())
-            .filter(|&s| net.slots[s].is_some())
-            .map(|s| (s, net.rate[s]))
+            .filter(|&s| net.slots[s].flow.is_some())
+            .map(|s| (s, net.slots[s].rate))
             .collect()
     }
 
@@ -629,7 +646,7 @@ mod tests {
             let rates = rates(&net);
             let mut load = vec![0.0; r];
             for &(s, rate) in &rates {
-                for &x in net.slots[s].as_ref().unwrap().resources() {
+                for &x in net.slots[s].flow.as_ref().unwrap().resources() {
                     load[x as usize] += rate;
                 }
             }
@@ -637,11 +654,11 @@ mod tests {
                 proptest::prop_assert!(*load <= cap * (1.0 + 1e-9), "resource {} over capacity", x);
             }
             for &(s, rate) in &rates {
-                let flow = net.slots[s].as_ref().unwrap();
+                let flow = net.slots[s].flow.as_ref().unwrap();
                 let bottleneck = flow.resources().iter().any(|&x| {
                     let x = x as usize;
                     let full = load[x] >= net.capacity[x] * (1.0 - 1e-9);
-                    full && net.members[x].iter().all(|&o| net.rate[o as usize] <= rate * (1.0 + 1e-9))
+                    full && net.members[x].iter().all(|&o| net.slots[o as usize].rate <= rate * (1.0 + 1e-9))
                 });
                 proptest::prop_assert!(bottleneck, "flow {} at {} has no bottleneck", s, rate);
             }
