@@ -778,6 +778,7 @@ impl Swarm {
         let now = self.now;
         for (_, _, _, p) in candidates.into_iter().take(room) {
             self.hosts[p as usize].watchers.insert(h);
+            self.hosts[p as usize].holders.connected(&h);
             let f = self.fetch_mut(h).expect("fetching");
             f.peers.insert(p);
             // A peer disconnected earlier starts afresh (a banned one stays out).
@@ -816,9 +817,10 @@ impl Swarm {
             f.seen.remove(&p);
             f.told.remove(&p);
         }
+        let now = Duration::from_nanos(self.now);
         let peer = &mut self.hosts[p as usize];
         peer.watchers.remove(&h);
-        peer.holders.forget(&h);
+        peer.holders.disconnected(&h, now);
     }
 
     /// Host `h`'s fetch tells each complete peer what it has verified since it last
@@ -1015,7 +1017,7 @@ impl Swarm {
             let waiting = self
                 .request(dst, id)
                 .is_some_and(|r| matches!(r.state, ReqState::Pending) && r.peer == peer);
-            if waiting && !self.points_elsewhere(peer, dst, id) {
+            if waiting && !self.points_elsewhere(peer, dst, id, true) {
                 self.begin_answer(dst, id);
                 break;
             }
@@ -1065,21 +1067,24 @@ impl Swarm {
             self.backlog.insert(peer);
             return;
         }
-        // Taken up at once: the server has room, so it sends whatever is asked.
-        self.begin_answer(h, id);
+        // Taken up at once: the server has room, so it sends anything not held by many.
+        if !self.points_elsewhere(peer, h, id, false) {
+            self.begin_answer(h, id);
+        }
     }
 
-    /// At the turn of request `id` of host `h`, which waited for it: if `peer` is
-    /// complete and enough of its other peers hold what is asked, the request fails
-    /// with `Elsewhere` (as the daemon's server answers; see `modeld_proto::holders`).
-    fn points_elsewhere(&mut self, peer: u32, h: u32, id: RequestId) -> bool {
+    /// At the turn of request `id` of host `h` (which `waited` for it, or not): if
+    /// `peer` is complete and enough of its other peers hold what is asked, the
+    /// request fails with `Elsewhere` (as the daemon's server answers; see
+    /// `modeld_proto::holders`).
+    fn points_elsewhere(&mut self, peer: u32, h: u32, id: RequestId, waited: bool) -> bool {
         let Some(req) = self.request(h, id) else {
             return false;
         };
         let (blob, ranges) = (req.blob, req.ranges.clone());
         let now = Duration::from_nanos(self.now);
         let server = &mut self.hosts[peer as usize];
-        if !server.complete || !server.holders.should_refuse(h, blob, &ranges, now) {
+        if !server.complete || !server.holders.should_refuse(h, blob, &ranges, waited, now) {
             return false;
         }
         self.pointed_elsewhere += 1;
@@ -1177,7 +1182,8 @@ impl Swarm {
             for p in f.peers {
                 let peer = &mut self.hosts[p as usize];
                 peer.watchers.remove(&h);
-                peer.holders.forget(&h);
+                peer.holders
+                    .disconnected(&h, Duration::from_nanos(self.now));
             }
         }
         self.fetchers_left -= 1;

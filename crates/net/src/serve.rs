@@ -12,11 +12,12 @@
 //! Only the validated encoder produces blob data: holes are refused (`NotPresent`) and
 //! rot found on the way is reported (`Corrupt`) and marked missing, never sent.
 //!
-//! A node holding a whole blob keeps what its connected peers say they hold of it
-//! (holder notices, `Request::Holds`) and, when a request that had to wait for the
-//! answer budget gets its turn, points it elsewhere (`Elsewhere`) if two of its other
-//! peers hold all of it: a busy node's upload goes to what the swarm lacks
-//! (`modeld_proto::holders`). A peer's claims are dropped when its connection ends.
+//! A node holding a whole blob keeps what its peers say they hold of it (holder
+//! notices, `Request::Holds`) and, when a request that had to wait for the answer
+//! budget gets its turn, points it elsewhere (`Elsewhere`) if two of its other peers
+//! hold all of it (a request served at once, only if eight do): a busy node's upload
+//! goes to what the swarm lacks (`modeld_proto::holders`). A peer's claims still count
+//! for ten seconds after its connection ends, then are dropped.
 
 use std::{
     sync::{Arc, Mutex, atomic::Ordering},
@@ -79,6 +80,7 @@ async fn handle_connection(net: Net, incoming: quinn::Incoming, budget: Arc<Sema
         return;
     };
     tracing::debug!(%remote, %peer, "peer connected");
+    lock(&net.inner.holders).connected(&peer);
     let throttle = Arc::new(Mutex::new((REQUESTS_PER_SEC, Instant::now())));
     while let Ok((send, recv)) = conn.accept_bi().await {
         let (net, budget, throttle) = (net.clone(), budget.clone(), throttle.clone());
@@ -86,7 +88,8 @@ async fn handle_connection(net: Net, incoming: quinn::Incoming, budget: Arc<Sema
             handle_stream(&net, peer, send, recv, &budget, &throttle).await;
         });
     }
-    lock(&net.inner.holders).forget(&peer);
+    let now = net.inner.started.elapsed();
+    lock(&net.inner.holders).disconnected(&peer, now);
     let stats = conn.stats();
     tracing::debug!(
         %remote,
@@ -223,15 +226,17 @@ async fn record_notice(
 }
 
 /// Whether this node, holding all of `hash`, points `peer`'s request for `want`
-/// elsewhere: enough of its other peers said they hold it (`modeld_proto::holders`).
+/// elsewhere: enough of its other peers said they hold it, more if the request did
+/// not wait for its turn (`modeld_proto::holders`).
 fn point_elsewhere(
     net: &Net,
     peer: PublicKey,
     hash: modeld_core::Hash,
     want: &ranges::ChunkRanges,
+    waited: bool,
 ) -> bool {
     let now = net.inner.started.elapsed();
-    lock(&net.inner.holders).should_refuse(peer, hash, want, now)
+    lock(&net.inner.holders).should_refuse(peer, hash, want, waited, now)
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -303,10 +308,10 @@ async fn serve_blob(
     let Ok(_permit) = permit else {
         return;
     };
-    // A request that had to wait for its turn at a complete node, for what enough of
-    // the node's other peers hold, goes to them instead: a node with a queue keeps its
-    // upload for what they lack (one with room sends whatever is asked).
-    if waited && ranges::is_complete(&have, size) && point_elsewhere(net, peer, hash, &want) {
+    // A request to a complete node for what enough of the node's other peers hold
+    // goes to them instead: a node with a queue keeps its upload for what they lack
+    // (one with room sends anything but what many hold).
+    if ranges::is_complete(&have, size) && point_elsewhere(net, peer, hash, &want, waited) {
         counters.requests_elsewhere.fetch_add(1, Ordering::Relaxed);
         let msg = "other peers of this node hold these ranges; ask them";
         let _ = reply(&mut send, &wire::encode_error(Status::Elsewhere, msg)).await;

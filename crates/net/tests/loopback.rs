@@ -381,7 +381,7 @@ async fn a_busy_complete_node_points_requests_elsewhere_while_two_of_its_peers_h
         .await
         .unwrap();
     assert_eq!(counter(&seed.net.counters().notices_received), 3);
-    // With room in its answer budget the node sends whatever is asked.
+    // With room in its answer budget the node sends what fewer than eight hold.
     assert_eq!(status_of(c.blob(hash, 80 << 20, &mib(0), t).await), None);
     // Busy, it points C's request for the first MiB elsewhere at its turn; the
     // second MiB (one other holder) it sends.
@@ -397,12 +397,22 @@ async fn a_busy_complete_node_points_requests_elsewhere_while_two_of_its_peers_h
     for task in hogging {
         task.await.unwrap();
     }
-    // Once B disconnects only A holds the first MiB: busy again, the node sends it.
+    // B disconnects: its claims still count for a while (a fetch that rotated away
+    // still holds what it said), so busy again, the node points C elsewhere again.
     b.close("done");
     tokio::time::sleep(Duration::from_millis(300)).await;
     let hogging = fill_answer_budget(hog, hash).await;
+    let again = c.blob(hash, 80 << 20, &mib(0), t).await;
+    assert_eq!(status_of(again), Some(Status::Elsewhere));
+    assert_eq!(counter(&seed.net.counters().requests_elsewhere), 2);
+    for task in hogging {
+        task.await.unwrap();
+    }
+    // Past the linger only A holds the first MiB: busy again, the node sends it.
+    tokio::time::sleep(modeld_proto::holders::CLAIMS_LINGER).await;
+    let hogging = fill_answer_budget(hog, hash).await;
     assert_eq!(status_of(c.blob(hash, 80 << 20, &mib(0), t).await), None);
-    assert_eq!(counter(&seed.net.counters().requests_elsewhere), 1);
+    assert_eq!(counter(&seed.net.counters().requests_elsewhere), 2);
     for task in hogging {
         task.await.unwrap();
     }
