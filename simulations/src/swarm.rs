@@ -1078,13 +1078,17 @@ impl Swarm {
     /// request fails with `Elsewhere` (as the daemon's server answers; see
     /// `modeld_proto::holders`).
     fn points_elsewhere(&mut self, peer: u32, h: u32, id: RequestId, waited: bool) -> bool {
+        // Most answers come from fetching hosts, which never refuse: no work for them.
+        if !self.hosts[peer as usize].complete {
+            return false;
+        }
         let Some(req) = self.request(h, id) else {
             return false;
         };
         let (blob, ranges) = (req.blob, req.ranges.clone());
         let now = Duration::from_nanos(self.now);
-        let server = &mut self.hosts[peer as usize];
-        if !server.complete || !server.holders.should_refuse(h, blob, &ranges, waited, now) {
+        let holders = &mut self.hosts[peer as usize].holders;
+        if !holders.should_refuse(h, blob, &ranges, waited, now) {
             return false;
         }
         self.pointed_elsewhere += 1;
@@ -1179,11 +1183,11 @@ impl Swarm {
             self.end_request(h, id);
         }
         if let Some(f) = self.hosts[h as usize].fetch.take() {
+            let now = Duration::from_nanos(self.now);
             for p in f.peers {
                 let peer = &mut self.hosts[p as usize];
                 peer.watchers.remove(&h);
-                peer.holders
-                    .disconnected(&h, Duration::from_nanos(self.now));
+                peer.holders.disconnected(&h, now);
             }
         }
         self.fetchers_left -= 1;
