@@ -130,8 +130,10 @@ fn print_summary(s: &FetchSummary) {
             output::bytes(p.bytes)
         );
     }
-    if idle > 0 {
-        eprintln!("  and {idle} more peers, which had nothing this node needed");
+    match idle {
+        0 => {}
+        1 => eprintln!("  and 1 more peer, which had nothing this node needed"),
+        n => eprintln!("  and {n} more peers, which had nothing this node needed"),
     }
     for (peer, why) in &s.unreachable {
         eprintln!("  unreachable {peer}: {why}");
