@@ -169,7 +169,8 @@ pub struct DiscoverySection {
     /// Most peers one fetch uses (the daemon: 32).
     #[serde(default = "default_max_peers")]
     pub max_peers: u32,
-    /// How often a fetch refreshes the have-maps of incomplete peers (the daemon: 1s).
+    /// How often a fetch refreshes the have-maps of incomplete peers, on average (the
+    /// daemon: 1s, each wait jittered over half to one and a half times it).
     #[serde(default = "default_have_refresh")]
     pub have_refresh: String,
 }

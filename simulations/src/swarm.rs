@@ -10,7 +10,7 @@
 //!   first, then nearest first (same rack, then round-trip time), with at most half
 //!   the slots for its own rack; at the cap, peers with nothing left to give, and
 //!   then the slowest (one per round), make room for untried providers;
-//! - on connecting, and every `have_refresh` for incomplete peers, it learns what
+//! - on connecting, and every `have_refresh` (jittered) for incomplete peers, it learns what
 //!   they hold (have-maps);
 //! - it announces itself as a provider once it holds a verified piece;
 //! - it runs every action of the scheduler: a request becomes a flow from the peer
@@ -34,7 +34,7 @@ use modeld_core::ranges::{self, ChunkRanges};
 use modeld_proto::{
     holders::{self, Holders, NOTICE_EVERY, NOTICES_PER_ROUND},
     scheduler::{
-        Action, BlobSpec, Failure, QUEUED_ROTATION, RequestId, Scheduler, SchedulerConfig,
+        Action, BlobSpec, Failure, QUEUED_ROTATION, RequestId, Scheduler, SchedulerConfig, jittered,
     },
 };
 
@@ -562,7 +562,7 @@ impl Swarm {
                 if self.fetch_mut(h).is_some() {
                     self.refresh_haves(h);
                     self.drive(h);
-                    self.at(now + self.setup.have_refresh, Event::HaveTick(h));
+                    self.at(now + self.have_wait(h, false), Event::HaveTick(h));
                 }
             }
             Event::Discover(h) => {
@@ -641,9 +641,18 @@ impl Swarm {
                 self.at(now + NOTICE_EVERY.as_nanos() as Nanos, Event::Notice(h));
                 self.at(now, Event::Lookup(h));
                 self.at(now + self.setup.dht_latency / 4, Event::Discover(h));
-                self.at(now + self.setup.have_refresh, Event::HaveTick(h));
+                self.at(now + self.have_wait(h, true), Event::HaveTick(h));
             }
         }
+    }
+
+    /// The wait before host `h`'s next have-map refresh: `have_refresh` jittered as
+    /// the daemon's fetch driver does ([`jittered`]), from a random number of this
+    /// host and moment (the run's other random choices are left as they were).
+    fn have_wait(&self, h: u32, first: bool) -> Nanos {
+        let bits = crate::rng::mix(self.setup.seed ^ (u64::from(h) << 40) ^ self.now);
+        let unit = (bits >> 11) as f64 / (1u64 << 53) as f64;
+        jittered(Duration::from_nanos(self.setup.have_refresh), unit, first).as_nanos() as Nanos
     }
 
     fn rack(&self, h: u32) -> u32 {

@@ -28,6 +28,7 @@ use modeld_proto::{
     holders::{self, NOTICE_EVERY, NOTICES_PER_ROUND},
     scheduler::{
         Action, BlobSpec, DropReason, Failure, QUEUED_ROTATION, Scheduler, SchedulerConfig,
+        jittered,
     },
     wire::{HaveMap, Status},
 };
@@ -41,7 +42,8 @@ use crate::{
 
 /// How often have-maps of incomplete peers are refreshed, and progress reported.
 const TICK: Duration = Duration::from_millis(250);
-/// How often an incomplete peer is asked again what it has.
+/// How often an incomplete peer is asked again what it has, on average (each wait
+/// [`jittered`]: see there why).
 const HAVE_REFRESH: Duration = Duration::from_secs(1);
 /// A round of peer rotation: in each, at most one slow peer and
 /// [`QUEUED_ROTATION`] peers with long queues make room for newly offered ones.
@@ -295,7 +297,7 @@ pub async fn fetch(
     let mut conns: BTreeMap<PublicKey, PeerConn> = BTreeMap::new();
     let mut complete_peers: BTreeSet<(PublicKey, usize)> = BTreeSet::new();
     let mut have_inflight: BTreeSet<(PublicKey, usize)> = BTreeSet::new();
-    let mut last_refresh = Instant::now();
+    let mut next_refresh = Instant::now() + jittered(HAVE_REFRESH, rand::random(), true);
     let mut rotation = Rotation::default();
     let mut tasks: BTreeMap<u64, AbortHandle> = BTreeMap::new();
     let mut dropped: BTreeMap<PublicKey, String> = BTreeMap::new();
@@ -439,8 +441,8 @@ pub async fn fetch(
             Some(_) => {}
             None => stuck_since = None,
         }
-        if last_refresh.elapsed() >= HAVE_REFRESH {
-            last_refresh = Instant::now();
+        if Instant::now() >= next_refresh {
+            next_refresh = Instant::now() + jittered(HAVE_REFRESH, rand::random(), false);
             for (id, conn) in &conns {
                 for (i, b) in blobs.iter().enumerate() {
                     let key = (*id, i);

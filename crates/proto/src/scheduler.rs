@@ -66,6 +66,28 @@ pub const QUEUED_ROTATION: usize = 4;
 /// else to send may duplicate it (see [`Scheduler`]'s endgame).
 pub const LATE_FACTOR: f64 = 2.0;
 
+/// A peer with nothing in flight may take over a request whose answer has not begun
+/// once the request has waited this fraction of the configured late horizon
+/// ([`LATE_FACTOR`] queue targets: 0.5 s by default), or the fetch's own horizon if
+/// that is shorter. At the start of a burst every fetch's first requests wait in the
+/// queues of the few hosts that hold anything, while the hosts that have just
+/// verified a piece sit idle: the piece is "requested", so nobody asks them for it
+/// until the request is late. A copy costs little (the first copy whose answer begins
+/// cancels the others, see [`Scheduler::on_started`]), and an idle peer's upload is
+/// otherwise lost.
+pub const IDLE_TAKEOVER: f64 = 0.25;
+
+/// The wait before a driver's next periodic round (have-map refreshes), from `unit`, a
+/// random number in `[0, 1)`: the first round comes at a random point of the first
+/// `period`, each later one after half to one and a half periods. Fetches started at
+/// the same moment (a burst) would otherwise poll their peers in step, and all learn
+/// of new pieces at the same instant; spread out, some fetch learns of a new holder
+/// soon after it has verified a piece, and the phases do not drift back together.
+pub fn jittered(period: Duration, unit: f64, first: bool) -> Duration {
+    let unit = unit.clamp(0.0, 1.0);
+    period.mul_f64(if first { unit } else { 0.5 + unit })
+}
+
 /// A peer is a last resort only if it is also this many times slower than the median
 /// measured rate: a seed swamped by a burst is hundreds of times slower than the
 /// fetch's other peers, while a peer measured a few times slower once (a busy
@@ -1003,11 +1025,21 @@ impl<P: Ord + Copy + Debug> Scheduler<P> {
         let horizon = LATE_FACTOR * target;
         let late = now.saturating_sub(Duration::from_secs_f64(horizon));
         // Request ids grow with time: the oldest come first.
-        let none_late = !self
-            .requests
-            .values()
-            .take_while(|o| o.sent < late)
-            .any(|o| !o.started);
+        let none_waiting_since = |t: Duration| {
+            !self
+                .requests
+                .values()
+                .take_while(|o| o.sent < t)
+                .any(|o| !o.started)
+        };
+        let none_late = none_waiting_since(late);
+        // An idle peer may take over sooner (`IDLE_TAKEOVER`), but not at once where
+        // a fast fetch has shortened its horizon to a fraction of a second.
+        let configured = LATE_FACTOR * self.config.queue_target.as_secs_f64();
+        let late_for_idle = now.saturating_sub(Duration::from_secs_f64(
+            horizon.min(IDLE_TAKEOVER * configured),
+        ));
+        let none_late_for_idle = none_waiting_since(late_for_idle);
         let n_last_resort = last_resort.iter().filter(|&&x| x).count() as u32;
         if n_last_resort > 0 && self.withdraw_from_last_resorts(peers, last_resort, horizon, now) {
             return self.queued.pop();
@@ -1020,7 +1052,12 @@ impl<P: Ord + Copy + Debug> Scheduler<P> {
                 continue;
             }
             // With nothing missing on offer, a peer may still take over a late request
-            // (a last resort would only be late in its turn).
+            // (a last resort would only be late in its turn); an idle one, sooner.
+            let (late, none_late) = if p.inflight.is_empty() {
+                (late_for_idle, none_late_for_idle)
+            } else {
+                (late, none_late)
+            };
             if !endgame && p.offer == 0 && (none_late || last_resort[idx]) {
                 continue;
             }
@@ -1809,7 +1846,7 @@ mod tests {
     }
 
     #[test]
-    fn a_late_request_is_duplicated_at_a_peer_with_nothing_else_to_give() {
+    fn a_waiting_request_is_taken_over_by_an_idle_peer_with_nothing_else_to_give() {
         // Eight pieces; peer 1 has them all and gets four (its initial byte budget), so
         // this is not yet the endgame.
         let mut s = Scheduler::new(&[spec(8 * MIB)], SchedulerConfig::default());
@@ -1821,9 +1858,10 @@ mod tests {
         // Peer 2 turns up with the first piece, which is already requested.
         s.add_peer(2, T0);
         s.peer_has(2, 0, &ranges::from_bytes(0..MIB), T0);
-        assert!(all_requests(&mut s, Duration::from_secs(1)).is_empty());
-        // Past twice the queue target (1 s), peer 1's request is late: peer 2 takes it on.
-        let now = Duration::from_millis(2500);
+        assert!(all_requests(&mut s, Duration::from_millis(400)).is_empty());
+        // Peer 2 is idle: once peer 1's request has waited a quarter of the late horizon
+        // (2 s: twice the 1 s queue target), peer 2 takes it on.
+        let now = Duration::from_millis(600);
         let dup: Vec<_> = all_requests(&mut s, now).iter().map(req).collect();
         assert_eq!(dup.len(), 1);
         assert_eq!((dup[0].1, &dup[0].3), (2, &ranges::from_bytes(0..MIB)));
@@ -1834,6 +1872,41 @@ mod tests {
             s.poll_action(now),
             Some(Action::Cancel { id: first, peer: 1 })
         );
+    }
+
+    #[test]
+    fn a_busy_peer_takes_over_only_late_requests() {
+        // Nine pieces; peer 1 has the first eight and gets four of them.
+        let mut s = Scheduler::new(&[spec(9 * MIB)], SchedulerConfig::default());
+        s.add_peer(1, T0);
+        s.peer_has(1, 0, &ranges::from_bytes(0..8 * MIB), T0);
+        let at_1: Vec<_> = all_requests(&mut s, T0).iter().map(req).collect();
+        assert_eq!(at_1.len(), 4);
+        assert!(at_1.iter().any(|r| r.3 == ranges::from_bytes(0..MIB)));
+        // Peer 2 has the first piece and the last, which only it has: it is asked
+        // for the last and is busy with it.
+        s.add_peer(2, T0);
+        s.peer_has(
+            2,
+            0,
+            &(ranges::from_bytes(0..MIB) | ranges::from_bytes(8 * MIB..9 * MIB)),
+            T0,
+        );
+        let at_2: Vec<_> = all_requests(&mut s, T0).iter().map(req).collect();
+        assert_eq!(at_2.len(), 1);
+        assert_eq!(
+            (at_2[0].1, &at_2[0].3),
+            (2, &ranges::from_bytes(8 * MIB..9 * MIB))
+        );
+        // Past the idle peer's wait but short of the late horizon: nothing.
+        assert!(all_requests(&mut s, Duration::from_secs(1)).is_empty());
+        // Late: peer 2 takes on the first piece.
+        let dup: Vec<_> = all_requests(&mut s, Duration::from_millis(2500))
+            .iter()
+            .map(req)
+            .collect();
+        assert_eq!(dup.len(), 1);
+        assert_eq!((dup[0].1, &dup[0].3), (2, &ranges::from_bytes(0..MIB)));
     }
 
     #[test]
