@@ -1875,6 +1875,18 @@ mod tests {
     }
 
     #[test]
+    fn refresh_rounds_are_spread_over_the_period() {
+        let second = Duration::from_secs(1);
+        assert_eq!(jittered(second, 0.0, true), Duration::ZERO);
+        assert_eq!(jittered(second, 0.25, true), Duration::from_millis(250));
+        assert_eq!(jittered(second, 0.0, false), Duration::from_millis(500));
+        assert_eq!(jittered(second, 0.75, false), Duration::from_millis(1250));
+        // Out-of-range randomness stays within the bounds.
+        assert_eq!(jittered(second, 7.0, false), Duration::from_millis(1500));
+        assert_eq!(jittered(second, -1.0, true), Duration::ZERO);
+    }
+
+    #[test]
     fn a_busy_peer_takes_over_only_late_requests() {
         // Nine pieces; peer 1 has the first eight and gets four of them.
         let mut s = Scheduler::new(&[spec(9 * MIB)], SchedulerConfig::default());
