@@ -40,7 +40,8 @@ use crate::{
     client::{PeerConn, PeerError},
 };
 
-/// How often have-maps of incomplete peers are refreshed, and progress reported.
+/// The longest the fetch loop sleeps with nothing to wake it (it then checks the
+/// have-map refresh, holder notices and whether it is stuck).
 const TICK: Duration = Duration::from_millis(250);
 /// How often an incomplete peer is asked again what it has, on average (each wait
 /// [`jittered`]: see there why).
