@@ -10,6 +10,11 @@ pub fn mix(mut x: u64) -> u64 {
     x ^ (x >> 31)
 }
 
+/// Random bits as a number in `[0, 1)` (the top 53 bits, a double's precision).
+pub fn unit_of(bits: u64) -> f64 {
+    (bits >> 11) as f64 / (1u64 << 53) as f64
+}
+
 /// A seeded sequence of random numbers.
 #[derive(Debug, Clone)]
 pub struct Rng(u64);
@@ -33,6 +38,6 @@ impl Rng {
 
     /// A number in `[0, 1)`.
     pub fn unit(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+        unit_of(self.next_u64())
     }
 }

@@ -651,7 +651,7 @@ impl Swarm {
     /// host and moment (the run's other random choices are left as they were).
     fn have_wait(&self, h: u32, first: bool) -> Nanos {
         let bits = crate::rng::mix(self.setup.seed ^ (u64::from(h) << 40) ^ self.now);
-        let unit = (bits >> 11) as f64 / (1u64 << 53) as f64;
+        let unit = crate::rng::unit_of(bits);
         jittered(Duration::from_nanos(self.setup.have_refresh), unit, first).as_nanos() as Nanos
     }
 
