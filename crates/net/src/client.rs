@@ -9,6 +9,8 @@ use modeld_core::{
 };
 use modeld_proto::wire::{self, HaveMap, MAX_ERROR_BYTES, Request, Status, WireError};
 
+use tokio::sync::mpsc;
+
 use crate::{Net, PeerAddr, identity};
 
 /// Why a request to a peer failed.
@@ -56,6 +58,20 @@ impl From<WireError> for PeerError {
     fn from(e: WireError) -> Self {
         Self::Malformed(e.to_string())
     }
+}
+
+/// Time allowed to read one pushed notice once its stream is open.
+pub const NOTICE_READ_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// News a peer pushed: it now holds `ranges` of blob `hash` too.
+#[derive(Debug, Clone)]
+pub struct Notice {
+    /// Who holds them.
+    pub peer: PublicKey,
+    /// The blob.
+    pub hash: Hash,
+    /// The ranges it newly holds (not clipped to the blob: the receiver does that).
+    pub ranges: ChunkRanges,
 }
 
 /// An authenticated connection to a peer.
@@ -188,6 +204,42 @@ impl PeerConn {
         self.ask(&Request::Holds { hash, ranges }, 1, self.timeout)
             .await
             .map(drop)
+    }
+
+    /// Hands each notice the peer pushes on this connection (what it newly verified of
+    /// a blob this node asked it about: [`crate::watch`]) to `notices`, until the
+    /// connection closes or `notices` does. A notice is read within
+    /// [`NOTICE_READ_TIMEOUT`] and at most `MAX_REQUEST_BYTES` long; one that is
+    /// malformed, or finds `notices` full, is dropped (it was only news).
+    pub fn forward_notices(&self, notices: mpsc::Sender<Notice>) {
+        let (conn, peer) = (self.conn.clone(), self.id);
+        tokio::spawn(async move {
+            loop {
+                let mut recv = tokio::select! {
+                    () = notices.closed() => return,
+                    s = conn.accept_uni() => match s {
+                        Ok(s) => s,
+                        Err(_) => return,
+                    },
+                };
+                let read = tokio::time::timeout(
+                    NOTICE_READ_TIMEOUT,
+                    recv.read_to_end(wire::MAX_REQUEST_BYTES),
+                );
+                let notice = match read.await {
+                    Ok(Ok(bytes)) => Request::decode(&bytes).map_err(|e| e.to_string()),
+                    Ok(Err(e)) => Err(e.to_string()),
+                    Err(_) => Err("timed out".into()),
+                };
+                match notice {
+                    Ok(Request::Holds { hash, ranges }) => {
+                        let _ = notices.try_send(Notice { peer, hash, ranges });
+                    }
+                    Ok(_) => tracing::debug!(%peer, "peer pushed a request, not a notice"),
+                    Err(e) => tracing::debug!(%peer, error = %e, "bad pushed notice"),
+                }
+            }
+        });
     }
 
     /// The signed manifest `id` (its bytes are not yet checked against the id).

@@ -19,6 +19,9 @@ use crate::{
 
 /// Concurrent requests one peer may have open on a connection.
 pub const MAX_STREAMS_PER_PEER: u32 = 64;
+/// Concurrent pushed notices one peer may have open towards this node, on a
+/// connection this node opened (`watch`).
+pub const MAX_PUSHES_PER_PEER: u32 = 16;
 /// Largest UDP payload this endpoint accepts (so a peer may use jumbo frames).
 const MAX_UDP_PAYLOAD: u16 = 9000;
 /// How far path MTU discovery searches. Measured on loopback (`docs/benchmarks.md`):
@@ -36,7 +39,7 @@ const CONNECTION_WINDOW: u32 = 8 << 20;
 fn transport() -> TransportConfig {
     let mut t = TransportConfig::default();
     t.max_concurrent_bidi_streams(VarInt::from_u32(MAX_STREAMS_PER_PEER));
-    t.max_concurrent_uni_streams(VarInt::from_u32(0));
+    t.max_concurrent_uni_streams(VarInt::from_u32(MAX_PUSHES_PER_PEER));
     t.stream_receive_window(VarInt::from_u32(STREAM_WINDOW));
     t.receive_window(VarInt::from_u32(CONNECTION_WINDOW));
     t.send_window(u64::from(CONNECTION_WINDOW));

@@ -9,7 +9,9 @@
 //!
 //! Every [`NOTICE_EVERY`] it tells the peers that hold a whole blob which ranges of it
 //! it has verified since it last told them (holder notices): they then point other
-//! fetches' requests for those ranges here (see `modeld_proto::holders`).
+//! fetches' requests for those ranges here (see `modeld_proto::holders`). In the same
+//! round it pushes the same news to the peers that asked it what it has (they are
+//! subscribed: [`crate::watch`]), and it takes in what the peers it asked push to it.
 //!
 //! The manifest must already be accepted by the store's trust policy: this module
 //! never sees an unverified manifest.
@@ -37,7 +39,8 @@ use tokio::{sync::mpsc, task::AbortHandle};
 
 use crate::{
     Net, PeerAddr,
-    client::{PeerConn, PeerError},
+    client::{Notice, PeerConn, PeerError},
+    watch::Subscriptions,
 };
 
 /// The longest the fetch loop sleeps with nothing to wake it (it then checks the
@@ -49,8 +52,12 @@ const HAVE_REFRESH: Duration = Duration::from_secs(1);
 /// A round of peer rotation: in each, at most one slow peer and
 /// [`QUEUED_ROTATION`] peers with long queues make room for newly offered ones.
 const ROTATE_EVERY: Duration = Duration::from_millis(500);
-/// Most holder notices on their way at once, over all peers of a fetch.
+/// Most holder notices on their way at once, over all peers of a fetch (and as many
+/// pushed to its watchers).
 const MAX_NOTICES_IN_FLIGHT: usize = 64;
+/// Pushed notices received and not yet taken in (past it, news is dropped: the next
+/// have-map refresh brings it).
+const NOTICE_QUEUE: usize = 1024;
 /// How long the fetch waits, with nothing in flight and nobody holding a missing
 /// piece, before giving up.
 const STUCK_GRACE: Duration = Duration::from_secs(3);
@@ -266,6 +273,11 @@ pub async fn fetch(
             "the store does not have the whole model and no peers were given (use --peer)".into(),
         ));
     }
+    // Peers that ask what this node has of these blobs hear of each verified piece.
+    let subscriptions = Subscriptions::open(net, blobs.iter().map(|b| b.hash).collect());
+    let blob_of: BTreeMap<Hash, usize> =
+        blobs.iter().enumerate().map(|(i, b)| (b.hash, i)).collect();
+    let (notice_tx, mut notice_rx) = mpsc::channel::<Notice>(NOTICE_QUEUE);
 
     let (tx, mut rx) = mpsc::channel::<Event>(1024);
     let connect = |peer: PeerAddr| {
@@ -468,6 +480,7 @@ pub async fn fetch(
                 &mut told,
                 &notices_in_flight,
             );
+            subscriptions.push(&held, MAX_NOTICES_IN_FLIGHT);
         }
         let wake = sched
             .next_deadline()
@@ -519,6 +532,14 @@ pub async fn fetch(
                 }
                 None => discovered = None,
             },
+            Some(Notice { peer, hash, ranges }) = notice_rx.recv() => {
+                if let Some(&b) = blob_of.get(&hash)
+                    && conns.contains_key(&peer)
+                {
+                    net.inner.counters.notices_heard.fetch_add(1, Ordering::Relaxed);
+                    sched.peer_gained(peer, b, &ranges, started.elapsed());
+                }
+            }
             event = rx.recv() => {
                 let Some(event) = event else { break Err(FetchError::Cancelled) };
                 let now = started.elapsed();
@@ -538,6 +559,8 @@ pub async fn fetch(
                         tracing::debug!(peer = %id, addr = %conn.addr(), "connected to peer");
                         // A peer let go earlier (to make room) starts afresh.
                         sched.readmit_peer(id, now);
+                        // Asking what it has subscribes to its news: take them in.
+                        conn.forward_notices(notice_tx.clone());
                         for (i, b) in blobs.iter().enumerate() {
                             have_inflight.insert((id, i));
                             ask_have(&conn, i, b.hash, &tx);
@@ -644,6 +667,8 @@ pub async fn fetch(
     }
     match result {
         Ok(()) => {
+            // The last news: watchers hear at once that this node is complete.
+            subscriptions.push(&held, MAX_NOTICES_IN_FLIGHT);
             // Exact by construction once every blob is complete (a piece that failed
             // verification half way still kept its verified part).
             let counted = report.bytes_fetched;

@@ -9,6 +9,8 @@
 //! - [`client`]: one peer connection and its requests, every read bounded and timed.
 //! - [`fetch`]: the fetch driver: runs `modeld_proto`'s scheduler over real peers and
 //!   writes each verified piece into the store.
+//! - [`watch`]: have-map subscriptions: a fetching node pushes what it newly verifies
+//!   to the peers that asked what it has.
 //!
 //! The wire protocol is `modeld_proto::wire` (`docs/protocol.md`).
 
@@ -19,6 +21,7 @@ pub mod fetch;
 pub mod identity;
 pub mod rate;
 pub mod serve;
+pub mod watch;
 
 use std::{
     fmt,
@@ -150,6 +153,10 @@ pub struct Counters {
     pub requests_elsewhere: AtomicU64,
     /// Holder notices received from fetching peers.
     pub notices_received: AtomicU64,
+    /// News this fetching node pushed to peers watching it (`watch`).
+    pub notices_pushed: AtomicU64,
+    /// News pushed to this node's fetches by the peers they watch.
+    pub notices_heard: AtomicU64,
 }
 
 impl Counters {
@@ -166,6 +173,8 @@ impl Counters {
             ("requests_withdrawn", &self.requests_withdrawn),
             ("requests_elsewhere", &self.requests_elsewhere),
             ("notices_received", &self.notices_received),
+            ("notices_pushed", &self.notices_pushed),
+            ("notices_heard", &self.notices_heard),
         ]
         .into_iter()
         .map(|(k, v)| (k, v.load(Ordering::Relaxed)))
@@ -190,6 +199,8 @@ struct NetInner {
     download: RateLimiter,
     /// What connected peers say they hold (see `modeld_proto::holders`).
     holders: Mutex<Holders<PublicKey, Hash>>,
+    /// Who watches the blobs this node is fetching (see [`watch`]).
+    watchers: Mutex<watch::Watchers>,
     /// The origin of the times `holders` is given.
     started: Instant,
 }
@@ -208,6 +219,7 @@ impl Net {
                 store,
                 counters: Counters::default(),
                 holders: Mutex::new(Holders::default()),
+                watchers: Mutex::new(watch::Watchers::default()),
                 started: Instant::now(),
             }),
         };
@@ -245,6 +257,12 @@ impl Net {
             .close(quinn::VarInt::from_u32(0), b"shutting down");
         let _ = tokio::time::timeout(Duration::from_secs(2), self.inner.endpoint.wait_idle()).await;
     }
+}
+
+/// Locks `m`, going on past a panic elsewhere (every table it guards stays valid
+/// between statements).
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 #[cfg(test)]

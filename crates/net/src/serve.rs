@@ -31,7 +31,7 @@ use modeld_proto::wire::{
 use modeld_store::ReadError;
 use tokio::sync::Semaphore;
 
-use crate::{Net, identity};
+use crate::{Net, identity, lock};
 
 /// Most peer connections at once.
 pub const MAX_CONNECTIONS: usize = 256;
@@ -84,8 +84,10 @@ async fn handle_connection(net: Net, incoming: quinn::Incoming, budget: Arc<Sema
     let throttle = Arc::new(Mutex::new((REQUESTS_PER_SEC, Instant::now())));
     while let Ok((send, recv)) = conn.accept_bi().await {
         let (net, budget, throttle) = (net.clone(), budget.clone(), throttle.clone());
+        let conn = conn.clone();
         tokio::spawn(async move {
-            handle_stream(&net, peer, send, recv, &budget, &throttle).await;
+            let from = Asker { peer, conn: &conn };
+            handle_stream(&net, from, send, recv, &budget, &throttle).await;
         });
     }
     let now = net.inner.started.elapsed();
@@ -117,15 +119,23 @@ fn allow_request(throttle: &Mutex<(f64, Instant)>) -> bool {
     }
 }
 
+/// Who sent a request: its node id and the connection it came on.
+#[derive(Clone, Copy)]
+struct Asker<'a> {
+    peer: PublicKey,
+    conn: &'a quinn::Connection,
+}
+
 async fn handle_stream(
     net: &Net,
-    peer: PublicKey,
+    asker: Asker<'_>,
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
     budget: &Semaphore,
     throttle: &Mutex<(f64, Instant)>,
 ) {
     let counters = &net.inner.counters;
+    let peer = asker.peer;
     let bytes =
         match tokio::time::timeout(REQUEST_READ_TIMEOUT, recv.read_to_end(MAX_REQUEST_BYTES)).await
         {
@@ -162,7 +172,7 @@ async fn handle_stream(
         }
     };
     let answer = match request {
-        Request::Have { hash } => answer_have(net, hash).await,
+        Request::Have { hash } => answer_have(net, asker, hash).await,
         Request::Holds { hash, ranges } => record_notice(net, peer, hash, ranges).await,
         Request::GetManifest { id } => answer_manifest(net, id).await,
         Request::GetBlob { hash, ranges } => {
@@ -191,15 +201,23 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
     tokio::task::spawn_blocking(f).await.ok()
 }
 
-async fn answer_have(net: &Net, hash: modeld_core::Hash) -> Vec<u8> {
+/// What this node has of `hash`. If it is fetching `hash`, the asker is subscribed
+/// to what it verifies from now on ([`crate::watch`]).
+async fn answer_have(net: &Net, asker: Asker<'_>, hash: modeld_core::Hash) -> Vec<u8> {
     let store = net.inner.store.clone();
     match blocking(move || store.available(hash)).await {
-        Some(Ok(Some((size, have)))) => HaveMap {
-            size,
-            complete: ranges::is_complete(&have, size),
-            ranges: have,
+        Some(Ok(Some((size, have)))) => {
+            let complete = ranges::is_complete(&have, size);
+            if !complete {
+                lock(&net.inner.watchers).watch(hash, asker.peer, asker.conn, have.clone());
+            }
+            HaveMap {
+                size,
+                complete,
+                ranges: have,
+            }
+            .encode()
         }
-        .encode(),
         Some(Ok(None)) => wire::encode_error(Status::NotFound, "no such blob"),
         _ => wire::encode_error(Status::Internal, "store failure"),
     }
@@ -237,10 +255,6 @@ fn point_elsewhere(
 ) -> bool {
     let now = net.inner.started.elapsed();
     lock(&net.inner.holders).should_refuse(peer, hash, want, waited, now)
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 async fn answer_manifest(net: &Net, id: modeld_core::Hash) -> Vec<u8> {

@@ -450,3 +450,73 @@ async fn a_fetch_completes_from_a_busy_seed_whose_other_peers_lie_about_what_the
         task.await.unwrap();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fetching_node_pushes_what_it_verifies_to_a_peer_that_asked_what_it_has() {
+    // A node fetches 24 MiB from a seed sending 4 MiB/s. A third node asks it once what
+    // it has; from then on it is told, unasked, of every piece the fetch verifies,
+    // and at the end that the fetching node holds everything.
+    let key = SecretKey::generate();
+    let seed = node(NetConfig {
+        upload_rate: 4 << 20,
+        ..config()
+    });
+    let bytes = data(24 << 20, 5);
+    let env = publish(&seed, &[("w.bin", bytes.clone())], &key);
+    let hash = modeld_core::Hash::of(&bytes);
+    let fetcher = node(config());
+    fetcher
+        .store
+        .trust_add(key.public(), TrustScope::All)
+        .unwrap();
+    let signed = fetcher.store.add_manifest(&env, 2, false).unwrap().signed;
+    let fetching = {
+        let (net, seed_addr) = (fetcher.net.clone(), addr(&seed));
+        tokio::spawn(async move {
+            fetch::fetch(&net, &signed, options(&[seed_addr]))
+                .await
+                .map(|r| r.bytes_fetched)
+        })
+    };
+    // Once the fetch has begun (its partial blob exists), a watcher asks.
+    let watcher = node(config());
+    let conn = modeld_net::client::PeerConn::connect(&watcher.net, addr(&fetcher))
+        .await
+        .unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::channel(64);
+    conn.forward_notices(tx);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let first = loop {
+        match conn.have(hash).await {
+            Ok(h) => break h,
+            Err(e) => {
+                assert!(std::time::Instant::now() < deadline, "no have-map: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    assert!(!first.complete, "the fetch ended before the watcher asked");
+    let all = modeld_core::ranges::all(24 << 20);
+    let mut known = first.ranges.clone();
+    while !modeld_core::ranges::is_complete(&known, 24 << 20) {
+        let notice = tokio::time::timeout(Duration::from_secs(20), rx.recv())
+            .await
+            .expect("the fetching node stopped telling what it verifies")
+            .unwrap();
+        assert_eq!(notice.peer, fetcher.net.node_id());
+        assert_eq!(notice.hash, hash);
+        assert!(
+            !notice.ranges.is_subset(&known),
+            "a notice said nothing new"
+        );
+        known |= notice.ranges;
+    }
+    assert_eq!(known, all);
+    assert_eq!(fetching.await.unwrap().unwrap(), 24 << 20);
+    let pushed = fetcher
+        .net
+        .counters()
+        .notices_pushed
+        .load(Ordering::Relaxed);
+    assert!(pushed >= 2, "{pushed} notices pushed");
+}

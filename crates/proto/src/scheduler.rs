@@ -656,16 +656,18 @@ impl<P: Ord + Copy + Debug> Scheduler<P> {
         );
     }
 
-    /// What `peer` has of blob `blob` (replacing what it said before).
+    /// What `peer` has of blob `blob` (replacing what it said before). Returns whether
+    /// that changed what the peer can give this fetch (a piece not yet done): if not,
+    /// no decision of the scheduler changes either.
     ///
     /// Only the pieces whose ranges meet what changed are looked at: a growing
     /// have-map updates a few pieces of a blob that may have thousands.
-    pub fn peer_has(&mut self, peer: P, blob: usize, has: &ChunkRanges, _now: Duration) {
+    pub fn peer_has(&mut self, peer: P, blob: usize, has: &ChunkRanges, _now: Duration) -> bool {
         let Some(p) = self.peers.get_mut(&peer) else {
-            return;
+            return false;
         };
         if blob >= self.sizes.len() {
-            return;
+            return false;
         }
         let has = ranges::clip(has, self.sizes[blob]);
         let mut changed = std::mem::take(&mut self.scratch_bounds);
@@ -695,12 +697,14 @@ impl<P: Ord + Copy + Debug> Scheduler<P> {
             affected.extend(from..pieces.start + hi);
         }
         self.scratch_bounds = changed;
+        let mut useful_changed = false;
         for &i in &affected {
             let p = self.peers.get_mut(&peer).expect("present");
             let now_has = self.pieces[i].need.is_subset(&p.has[blob]);
             if now_has != p.has_piece[i] {
                 p.has_piece[i] = now_has;
                 if self.pieces[i].state != PieceState::Done {
+                    useful_changed = true;
                     if now_has {
                         p.useful += 1;
                     } else {
@@ -718,6 +722,31 @@ impl<P: Ord + Copy + Debug> Scheduler<P> {
             }
         }
         self.scratch_pieces = affected;
+        useful_changed
+    }
+
+    /// `peer` now holds `gained` of blob `blob` too (a pushed notice: news only, on top
+    /// of what it said before). Nothing it said before is taken back: only a whole
+    /// have-map ([`Scheduler::peer_has`]) does that.
+    /// Returns what [`Scheduler::peer_has`] does.
+    pub fn peer_gained(
+        &mut self,
+        peer: P,
+        blob: usize,
+        gained: &ChunkRanges,
+        now: Duration,
+    ) -> bool {
+        let Some(p) = self.peers.get(&peer) else {
+            return false;
+        };
+        let Some(had) = p.has.get(blob) else {
+            return false;
+        };
+        if gained.is_subset(had) {
+            return false;
+        }
+        let has = had | gained;
+        self.peer_has(peer, blob, &has, now)
     }
 
     fn set_avail(&mut self, piece: usize, delta: i32) {
@@ -1392,6 +1421,25 @@ mod tests {
         assert_eq!(count, 11);
         assert!(ranges::is_complete(&seen, 10 * MIB + 5));
         assert_eq!(s.progress(), (10 * MIB + 5, 10 * MIB + 5));
+    }
+
+    #[test]
+    fn a_pushed_notice_adds_to_what_a_peer_has_and_takes_nothing_back() {
+        let mut s = Scheduler::new(&[spec(4 * MIB)], SchedulerConfig::default());
+        s.add_peer(2, T0);
+        s.peer_has(2, 0, &ranges::from_bytes(0..MIB), T0);
+        s.peer_gained(2, 0, &ranges::from_bytes(2 * MIB..3 * MIB), T0);
+        // Already known: changes nothing.
+        s.peer_gained(2, 0, &ranges::from_bytes(0..MIB), T0);
+        // An unknown peer or blob is ignored.
+        s.peer_gained(9, 0, &ChunkRanges::all(), T0);
+        s.peer_gained(2, 5, &ChunkRanges::all(), T0);
+        let asked = all_requests(&mut s, T0)
+            .iter()
+            .map(|a| req(a).3)
+            .fold(ChunkRanges::empty(), |acc, r| &acc | &r);
+        let both = &ranges::from_bytes(0..MIB) | &ranges::from_bytes(2 * MIB..3 * MIB);
+        assert_eq!(asked, both);
     }
 
     #[test]
