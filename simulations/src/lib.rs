@@ -154,6 +154,7 @@ pub fn setup(s: &Scenario, piece: Option<u64>) -> anyhow::Result<Setup> {
         dht_latency: duration(&d.dht_latency)?,
         max_peers: d.max_peers as usize,
         have_refresh: duration(&d.have_refresh)?,
+        push_haves: d.push_haves,
         recompute_gap: duration(&s.sim.recompute_gap)?,
         serve_slots: ANSWER_SLOTS,
         serve: s.sim.serve,

@@ -173,6 +173,11 @@ pub struct DiscoverySection {
     /// daemon: 1s, each wait jittered over half to one and a half times it).
     #[serde(default = "default_have_refresh")]
     pub have_refresh: String,
+    /// Whether a fetching host pushes what it newly verified to the fetches that asked
+    /// for its have-map (the daemon does, every 100 ms); off, they learn it only from
+    /// their own refreshes (the daemon before the eleventh round).
+    #[serde(default = "yes")]
+    pub push_haves: bool,
 }
 
 fn yes() -> bool {
@@ -203,6 +208,7 @@ impl Default for DiscoverySection {
             dht_latency: default_dht_latency(),
             max_peers: default_max_peers(),
             have_refresh: default_have_refresh(),
+            push_haves: true,
         }
     }
 }

@@ -11,7 +11,9 @@
 //!   the slots for its own rack; at the cap, peers with nothing left to give, and
 //!   then the slowest (one per round), make room for untried providers;
 //! - on connecting, and every `have_refresh` (jittered) for incomplete peers, it learns what
-//!   they hold (have-maps);
+//!   they hold (have-maps); and every 100 ms each fetching host pushes what it newly
+//!   verified to the fetches that asked for its have-map (and once more when it is
+//!   done);
 //! - it announces itself as a provider once it holds a verified piece;
 //! - it runs every action of the scheduler: a request becomes a flow from the peer
 //!   after one round trip; cancels stop flows; a corrupt answer is detected at its
@@ -107,6 +109,8 @@ pub struct Setup {
     pub max_peers: usize,
     /// Have-map refresh interval.
     pub have_refresh: Nanos,
+    /// Fetching hosts push their news to the fetches watching them.
+    pub push_haves: bool,
     /// Least time between rate recomputations.
     pub recompute_gap: Nanos,
     /// Answers a host sends at once (the daemon's 64 MiB answer budget in pieces).
@@ -174,6 +178,7 @@ enum Event {
     Leave(u32),
     Start(u32, RequestId),
     Wake(u32),
+    Drive(u32),
     HaveTick(u32),
     Discover(u32),
     Lookup(u32),
@@ -206,6 +211,8 @@ struct Fetch {
     providers: BTreeSet<u32>,
     requests: BTreeMap<RequestId, Req>,
     wake: Option<Nanos>,
+    /// An [`Event::Drive`] is queued.
+    drive_pending: bool,
     /// The wait before the next DHT lookup.
     lookup_wait: Nanos,
     /// What this fetch has told each complete peer it holds, per blob, with the
@@ -228,6 +235,8 @@ struct Host {
     alive: bool,
     have: Vec<ChunkRanges>,
     version: Vec<u32>,
+    /// Blobs whose have-map changed since this host last pushed its news.
+    fresh: Vec<usize>,
     complete: bool,
     provider: bool,
     fetch: Option<Box<Fetch>>,
@@ -333,6 +342,7 @@ impl Swarm {
                     alive: false,
                     have: if holds { full.clone() } else { empty.clone() },
                     version: vec![0; setup.files.len()],
+                    fresh: Vec::new(),
                     complete: holds,
                     provider: false,
                     fetch: None,
@@ -558,6 +568,12 @@ impl Swarm {
                 }
                 self.drive(h);
             }
+            Event::Drive(h) => {
+                if let Some(f) = self.fetch_mut(h) {
+                    f.drive_pending = false;
+                }
+                self.drive(h);
+            }
             Event::HaveTick(h) => {
                 if self.fetch_mut(h).is_some() {
                     self.refresh_haves(h);
@@ -588,6 +604,7 @@ impl Swarm {
             Event::Notice(h) => {
                 if self.fetch_mut(h).is_some() {
                     self.send_notices(h);
+                    self.push_haves(h);
                     self.at(now + NOTICE_EVERY.as_nanos() as Nanos, Event::Notice(h));
                 }
             }
@@ -635,6 +652,7 @@ impl Swarm {
                     providers: BTreeSet::new(),
                     requests: BTreeMap::new(),
                     wake: None,
+                    drive_pending: false,
                     lookup_wait: FIRST_LOOKUP_WAIT,
                     told: BTreeMap::new(),
                 }));
@@ -874,6 +892,68 @@ impl Swarm {
         }
     }
 
+    /// Fetching host `h` pushes what it verified since the last round to the fetches
+    /// watching it, as the daemon's fetch driver does every [`NOTICE_EVERY`]
+    /// (`crates/net/src/fetch.rs`). A watcher that learns of a piece it still needs
+    /// runs its scheduler. The news is given as the whole have-map, which the scheduler
+    /// compares with what it knew: the same result as the daemon's delta notices.
+    fn push_haves(&mut self, h: u32) {
+        if !self.setup.push_haves {
+            return;
+        }
+        let now = Duration::from_nanos(self.now);
+        let fresh = std::mem::take(&mut self.hosts[h as usize].fresh);
+        if fresh.is_empty() {
+            return;
+        }
+        let watchers: Vec<u32> = self.hosts[h as usize].watchers.iter().copied().collect();
+        for w in watchers {
+            let watching = self.hosts[w as usize]
+                .fetch
+                .as_deref()
+                .is_some_and(|f| f.peers.contains(&h));
+            if watching && self.feed_fresh(w, h, &fresh, now) {
+                self.drive_soon(w);
+            }
+        }
+    }
+
+    /// Host `h` runs its scheduler once everything due at this instant is done (the
+    /// news pushed by all its peers at one instant is taken in at one go).
+    fn drive_soon(&mut self, h: u32) {
+        let now = self.now;
+        if let Some(f) = self.fetch_mut(h)
+            && !f.drive_pending
+        {
+            f.drive_pending = true;
+            self.at(now, Event::Drive(h));
+        }
+    }
+
+    /// [`Swarm::feed_haves`] for the blobs in `fresh` only (those whose have-map
+    /// changed since `p`'s last push).
+    fn feed_fresh(&mut self, h: u32, p: u32, fresh: &[usize], now: Duration) -> bool {
+        let [host, peer] = self
+            .hosts
+            .get_disjoint_mut([h as usize, p as usize])
+            .expect("a host is not its own peer");
+        let Some(f) = host.fetch.as_deref_mut() else {
+            return false;
+        };
+        let Some(seen) = f.seen.get_mut(&p) else {
+            return false;
+        };
+        let mut changed = false;
+        for &b in fresh {
+            let v = peer.version[b];
+            if seen[b] != v {
+                seen[b] = v;
+                changed |= f.sched.peer_has(p, b, &peer.have[b], now);
+            }
+        }
+        changed
+    }
+
     fn refresh_haves(&mut self, h: u32) {
         let now = Duration::from_nanos(self.now);
         let peers: Vec<u32> = match self.hosts[h as usize].fetch.as_deref() {
@@ -888,15 +968,17 @@ impl Swarm {
     }
 
     /// Tells host `h`'s scheduler what peer `p` has of the blobs whose have-map
-    /// changed since `h` last looked (all of them, the first time).
-    fn feed_haves(&mut self, h: u32, p: u32, now: Duration) {
+    /// changed since `h` last looked (all of them, the first time); whether that
+    /// changed what `p` can give `h` (if not, `h`'s scheduler would do nothing new).
+    fn feed_haves(&mut self, h: u32, p: u32, now: Duration) -> bool {
         let [host, peer] = self
             .hosts
             .get_disjoint_mut([h as usize, p as usize])
             .expect("a host is not its own peer");
         let Some(f) = host.fetch.as_deref_mut() else {
-            return;
+            return false;
         };
+        let mut changed = false;
         let seen = f.seen.entry(p).or_default();
         if seen.len() != peer.version.len() {
             // Never looked: every blob counts as changed (an empty one says nothing).
@@ -907,10 +989,11 @@ impl Swarm {
             if seen[b] != *v {
                 seen[b] = *v;
                 if !have.is_empty() || *v > 0 {
-                    f.sched.peer_has(p, b, have, now);
+                    changed |= f.sched.peer_has(p, b, have, now);
                 }
             }
         }
+        changed
     }
 
     /// Runs the scheduler's actions for host `h` until it has nothing more to do.
@@ -1165,6 +1248,9 @@ impl Swarm {
                 host.verified += ranges::covered_bytes(&new, size);
                 host.have[req.blob] |= req.ranges;
                 host.version[req.blob] += 1;
+                if !host.fresh.contains(&req.blob) {
+                    host.fresh.push(req.blob);
+                }
                 if !host.provider {
                     let at = now + self.setup.dht_latency;
                     self.at(at, Event::Announce(h));
@@ -1203,6 +1289,8 @@ impl Swarm {
     }
 
     fn finish(&mut self, h: u32) {
+        // The daemon's fetch pushes its last news as it ends.
+        self.push_haves(h);
         self.stop_fetch(h);
         let host = &mut self.hosts[h as usize];
         host.complete = true;
