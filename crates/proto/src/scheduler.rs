@@ -367,6 +367,10 @@ pub struct Scheduler<P: Ord + Copy + Debug> {
     pieces: Vec<Piece>,
     /// Per blob, the range of its pieces in `pieces` (they are created in blob order).
     blob_pieces: Vec<std::ops::Range<usize>>,
+    /// Per piece, the first and last boundary of its need: what
+    /// [`Scheduler::peer_has`] searches, kept apart from `pieces` so the search reads a
+    /// few dense cache lines (a simulated swarm runs thousands of schedulers).
+    need_spans: Vec<[ChunkNum; 2]>,
     /// Missing pieces ordered by (availability, tie-break, index): rarest first.
     missing: BTreeSet<(u32, u64, usize)>,
     /// The most peers at which one piece has failed.
@@ -471,9 +475,17 @@ impl<P: Ord + Copy + Debug> Scheduler<P> {
             .enumerate()
             .map(|(i, p)| (0, p.tiebreak, i))
             .collect();
+        let need_spans = pieces
+            .iter()
+            .map(|p| {
+                let b = p.need.boundaries();
+                [b[0], *b.last().expect("a piece needs something")]
+            })
+            .collect();
         Self {
             config,
             sizes: blobs.iter().map(|b| b.size).collect(),
+            need_spans,
             pieces,
             blob_pieces,
             missing,
@@ -674,22 +686,15 @@ impl<P: Ord + Copy + Debug> Scheduler<P> {
         toggled(p.has[blob].boundaries(), has.boundaries(), &mut changed);
         p.has[blob] = has;
         let pieces = self.blob_pieces[blob].clone();
-        let of_blob = &self.pieces[pieces.clone()];
         // A piece's need lies within its own range, so within a blob both ends of
         // the needs grow with the piece index.
-        let first = |pc: &Piece| pc.need.boundaries()[0];
-        let end = |pc: &Piece| {
-            *pc.need
-                .boundaries()
-                .last()
-                .expect("a piece needs something")
-        };
+        let of_blob = &self.need_spans[pieces.clone()];
         let mut affected = std::mem::take(&mut self.scratch_pieces);
         affected.clear();
         for span in changed.chunks(2) {
-            let lo = of_blob.partition_point(|pc| end(pc) <= span[0]);
+            let lo = of_blob.partition_point(|[_, end]| *end <= span[0]);
             let hi = match span.get(1) {
-                Some(&stop) => of_blob.partition_point(|pc| first(pc) < stop),
+                Some(&stop) => of_blob.partition_point(|[first, _]| *first < stop),
                 None => of_blob.len(),
             };
             // Spans are sorted, so pieces come in order; one may meet two spans.
@@ -1073,6 +1078,20 @@ impl<P: Ord + Copy + Debug> Scheduler<P> {
         if n_last_resort > 0 && self.withdraw_from_last_resorts(peers, last_resort, horizon, now) {
             return self.queued.pop();
         }
+        // The requests waiting since before `late_for_idle` (the later threshold), oldest
+        // first, by when each was sent and its piece: gathered once, for every peer
+        // with nothing missing on offer to look through.
+        let waiting = std::cell::OnceCell::new();
+        let waiting = || {
+            waiting.get_or_init(|| {
+                self.requests
+                    .values()
+                    .take_while(|o| o.sent < late_for_idle)
+                    .filter(|o| !o.started)
+                    .map(|o| (o.sent, o.piece))
+                    .collect::<Vec<_>>()
+            })
+        };
         for k in 0..peers.len() {
             let idx = (self.cursor + k) % peers.len();
             let peer = peers[idx];
@@ -1100,12 +1119,13 @@ impl<P: Ord + Copy + Debug> Scheduler<P> {
                 continue;
             }
             // A last resort duplicates nothing a quicker peer could send.
-            let allowed =
-                |i: usize| !last_resort[idx] || !self.quicker_holder(i, peers, last_resort);
+            let allowed = |i: usize| {
+                !last_resort[idx] || !self.quicker_holder(i, peers, last_resort, n_last_resort)
+            };
             let piece = if endgame {
                 self.endgame_piece(&peer, late, allowed)
             } else if p.offer == 0 {
-                self.late_piece(&peer, late)
+                self.late_piece(&peer, late, waiting())
             } else {
                 // A piece that failed at this peer goes to others first, unless every
                 // peer that has it failed it too.
@@ -1194,12 +1214,15 @@ impl<P: Ord + Copy + Debug> Scheduler<P> {
     ) -> bool {
         let mut stale = Vec::new();
         let mut shown = Vec::new();
+        let n_last_resort = last_resort.iter().filter(|&&x| x).count() as u32;
         for (k, _) in peers.iter().zip(last_resort).filter(|(_, slow)| **slow) {
             let p = &self.peers[k];
             let before = stale.len();
             stale.extend(p.inflight.keys().copied().filter(|id| {
                 let o = &self.requests[id];
-                !o.probe && !o.started && self.quicker_holder(o.piece, peers, last_resort)
+                !o.probe
+                    && !o.started
+                    && self.quicker_holder(o.piece, peers, last_resort, n_last_resort)
             }));
             if stale.len() > before
                 && p.rate.is_none()
@@ -1229,7 +1252,20 @@ impl<P: Ord + Copy + Debug> Scheduler<P> {
 
     /// Whether a live peer that is not a last resort has piece `i` and has not failed
     /// it (one that failed it is asked again only after every other holder).
-    fn quicker_holder(&self, i: usize, peers: &[P], last_resort: &[bool]) -> bool {
+    /// `n_last_resort` counts the `true`s of `last_resort`.
+    fn quicker_holder(
+        &self,
+        i: usize,
+        peers: &[P],
+        last_resort: &[bool],
+        n_last_resort: u32,
+    ) -> bool {
+        // More live holders than last resorts and peers that failed the piece: one of
+        // them is neither.
+        let piece = &self.pieces[i];
+        if piece.avail > n_last_resort.saturating_add(piece.failed_peers) {
+            return true;
+        }
         peers.iter().zip(last_resort).any(|(k, &slow)| {
             let q = &self.peers[k];
             !slow && q.has_piece[i] && !q.failed.contains(&i)
@@ -1252,20 +1288,20 @@ impl<P: Ord + Copy + Debug> Scheduler<P> {
 
     /// Before the endgame, for a peer with nothing missing on offer: the piece of the
     /// oldest request sent before `late` whose answer has not started that this peer
-    /// has, if it has room for a
-    /// duplicate and the peer is not already on it. A request stuck in a busy
-    /// peer's queue would otherwise hold its piece while others could send it now.
-    fn late_piece(&self, peer: &P, late: Duration) -> Option<usize> {
+    /// has, if it has room for a duplicate and the peer is not already on it. A request
+    /// stuck in a busy peer's queue would otherwise hold its piece while others could
+    /// send it now. `waiting`: the requests whose answers have not started, oldest
+    /// first, by when each was sent and its piece (at least those sent before `late`).
+    fn late_piece(&self, peer: &P, late: Duration, waiting: &[(Duration, usize)]) -> Option<usize> {
         let p = &self.peers[peer];
-        self.requests
-            .values()
-            .take_while(|o| o.sent < late)
-            .filter(|o| !o.started)
-            .map(|o| o.piece)
+        waiting
+            .iter()
+            .take_while(|(sent, _)| *sent < late)
+            .map(|&(_, i)| i)
             .find(|&i| {
                 let piece = &self.pieces[i];
-                piece.state == PieceState::Requested
-                    && p.has_piece[i]
+                p.has_piece[i]
+                    && piece.state == PieceState::Requested
                     && self.timely_requests(i, late) < self.config.max_duplicates
                     && !piece.requests.iter().any(|r| p.inflight.contains_key(r))
             })
