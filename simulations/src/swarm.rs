@@ -34,7 +34,7 @@ use std::{
 
 use modeld_core::ranges::{self, ChunkRanges};
 use modeld_proto::{
-    holders::{self, Holders, NOTICE_EVERY, NOTICES_PER_ROUND},
+    holders::{self, Holders, NOTICE_EVERY, NOTICES_PER_ROUND, POLL_PUSHING_EVERY},
     scheduler::{
         Action, BlobSpec, Failure, QUEUED_ROTATION, RequestId, Scheduler, SchedulerConfig, jittered,
     },
@@ -213,6 +213,11 @@ struct Fetch {
     wake: Option<Nanos>,
     /// An [`Event::Drive`] is queued.
     drive_pending: bool,
+    /// Have-map refresh rounds so far.
+    refresh_round: u32,
+    /// Peers that pushed news to this fetch (refreshed only every
+    /// [`POLL_PUSHING_EVERY`] rounds, as the daemon does).
+    pushing: BTreeSet<u32>,
     /// The wait before the next DHT lookup.
     lookup_wait: Nanos,
     /// What this fetch has told each complete peer it holds, per blob, with the
@@ -235,8 +240,8 @@ struct Host {
     alive: bool,
     have: Vec<ChunkRanges>,
     version: Vec<u32>,
-    /// Blobs whose have-map changed since this host last pushed its news.
-    fresh: Vec<usize>,
+    /// What this host verified since it last pushed its news, per blob.
+    fresh: Vec<(usize, ChunkRanges)>,
     complete: bool,
     provider: bool,
     fetch: Option<Box<Fetch>>,
@@ -653,6 +658,8 @@ impl Swarm {
                     requests: BTreeMap::new(),
                     wake: None,
                     drive_pending: false,
+                    refresh_round: 0,
+                    pushing: BTreeSet::new(),
                     lookup_wait: FIRST_LOOKUP_WAIT,
                     told: BTreeMap::new(),
                 }));
@@ -897,6 +904,9 @@ impl Swarm {
     /// (`crates/net/src/fetch.rs`). A watcher that learns of a piece it still needs
     /// runs its scheduler. The news is given as the whole have-map, which the scheduler
     /// compares with what it knew: the same result as the daemon's delta notices.
+    /// News of pieces the watcher holds itself is not given: it changes no decision of
+    /// its scheduler (those pieces are done), and a swarm of 10,000 spends most of a
+    /// run's time on such news otherwise.
     fn push_haves(&mut self, h: u32) {
         if !self.setup.push_haves {
             return;
@@ -931,8 +941,14 @@ impl Swarm {
     }
 
     /// [`Swarm::feed_haves`] for the blobs in `fresh` only (those whose have-map
-    /// changed since `p`'s last push).
-    fn feed_fresh(&mut self, h: u32, p: u32, fresh: &[usize], now: Duration) -> bool {
+    /// changed since `p`'s last push, with what `p` gained), skipping what `h` holds.
+    fn feed_fresh(
+        &mut self,
+        h: u32,
+        p: u32,
+        fresh: &[(usize, ChunkRanges)],
+        now: Duration,
+    ) -> bool {
         let [host, peer] = self
             .hosts
             .get_disjoint_mut([h as usize, p as usize])
@@ -943,21 +959,34 @@ impl Swarm {
         let Some(seen) = f.seen.get_mut(&p) else {
             return false;
         };
+        f.pushing.insert(p);
         let mut changed = false;
-        for &b in fresh {
-            let v = peer.version[b];
+        for (b, gained) in fresh {
+            let (b, v) = (*b, peer.version[*b]);
             if seen[b] != v {
                 seen[b] = v;
-                changed |= f.sched.peer_has(p, b, &peer.have[b], now);
+                if !gained.is_subset(&host.have[b]) {
+                    changed |= f.sched.peer_has(p, b, &peer.have[b], now);
+                }
             }
         }
         changed
     }
 
+    /// A have-map refresh round of host `h`'s fetch: it asks its peers what they have,
+    /// those that push their news only every [`POLL_PUSHING_EVERY`] rounds.
     fn refresh_haves(&mut self, h: u32) {
         let now = Duration::from_nanos(self.now);
-        let peers: Vec<u32> = match self.hosts[h as usize].fetch.as_deref() {
-            Some(f) => f.peers.iter().copied().collect(),
+        let peers: Vec<u32> = match self.fetch_mut(h) {
+            Some(f) => {
+                f.refresh_round += 1;
+                let all = f.refresh_round.is_multiple_of(POLL_PUSHING_EVERY);
+                f.peers
+                    .iter()
+                    .copied()
+                    .filter(|p| all || !f.pushing.contains(p))
+                    .collect()
+            }
             None => return,
         };
         for p in peers {
@@ -1248,8 +1277,9 @@ impl Swarm {
                 host.verified += ranges::covered_bytes(&new, size);
                 host.have[req.blob] |= req.ranges;
                 host.version[req.blob] += 1;
-                if !host.fresh.contains(&req.blob) {
-                    host.fresh.push(req.blob);
+                match host.fresh.iter_mut().find(|(b, _)| *b == req.blob) {
+                    Some((_, gained)) => *gained |= new,
+                    None => host.fresh.push((req.blob, new)),
                 }
                 if !host.provider {
                     let at = now + self.setup.dht_latency;

@@ -27,7 +27,7 @@ use std::{
 
 use modeld_core::{Hash, PublicKey, SignedManifest, ranges};
 use modeld_proto::{
-    holders::{self, NOTICE_EVERY, NOTICES_PER_ROUND},
+    holders::{self, NOTICE_EVERY, NOTICES_PER_ROUND, POLL_PUSHING_EVERY},
     scheduler::{
         Action, BlobSpec, DropReason, Failure, QUEUED_ROTATION, Scheduler, SchedulerConfig,
         jittered,
@@ -311,6 +311,10 @@ pub async fn fetch(
     let mut complete_peers: BTreeSet<(PublicKey, usize)> = BTreeSet::new();
     let mut have_inflight: BTreeSet<(PublicKey, usize)> = BTreeSet::new();
     let mut next_refresh = Instant::now() + jittered(HAVE_REFRESH, rand::random(), true);
+    // Have-map refresh rounds so far, and the peers that pushed news to this fetch
+    // (asked only every `POLL_PUSHING_EVERY` rounds).
+    let mut refresh_round: u32 = 0;
+    let mut pushing: BTreeSet<PublicKey> = BTreeSet::new();
     let mut rotation = Rotation::default();
     let mut tasks: BTreeMap<u64, AbortHandle> = BTreeMap::new();
     let mut dropped: BTreeMap<PublicKey, String> = BTreeMap::new();
@@ -456,7 +460,11 @@ pub async fn fetch(
         }
         if Instant::now() >= next_refresh {
             next_refresh = Instant::now() + jittered(HAVE_REFRESH, rand::random(), false);
+            refresh_round += 1;
             for (id, conn) in &conns {
+                if pushing.contains(id) && !refresh_round.is_multiple_of(POLL_PUSHING_EVERY) {
+                    continue;
+                }
                 for (i, b) in blobs.iter().enumerate() {
                     let key = (*id, i);
                     if !complete_peers.contains(&key)
@@ -537,6 +545,7 @@ pub async fn fetch(
                     && conns.contains_key(&peer)
                 {
                     net.inner.counters.notices_heard.fetch_add(1, Ordering::Relaxed);
+                    pushing.insert(peer);
                     sched.peer_gained(peer, b, &ranges, started.elapsed());
                 }
             }

@@ -61,6 +61,12 @@ use crate::wire::MAX_REQUEST_BOUNDARIES;
 pub const NOTICE_EVERY: Duration = Duration::from_millis(100);
 /// Most notices a fetch sends one peer per round (the rest waits for the next).
 pub const NOTICES_PER_ROUND: usize = 8;
+/// A fetch asks a peer that pushes its news (it is fetching too, and this fetch is
+/// subscribed: `modeld_net::watch`) for its whole have-map only every this many
+/// refresh rounds, not every round: the pushes bring the news within
+/// [`NOTICE_EVERY`], and the rare full answer repairs whatever a lost notice or a
+/// restarted fetch left out.
+pub const POLL_PUSHING_EVERY: u32 = 5;
 /// A busy complete node refuses a request whose ranges this many of its other peers
 /// hold.
 pub const REFUSE_AT: usize = 2;
