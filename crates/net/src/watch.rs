@@ -9,7 +9,7 @@
 //! also subscribes the asker, for as long as its connection lasts:
 //!
 //! - the server records the asker's connection and the have-map it answered
-//!   ([`Watchers::watch`]);
+//!   (`Watchers::watch`);
 //! - the node's fetch, every `NOTICE_EVERY`, opens a unidirectional stream to each
 //!   watcher on that connection and sends what it verified since (a `Request::Holds`,
 //!   the same encoding as the notices a fetch sends complete peers), cut by
