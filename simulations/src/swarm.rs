@@ -949,11 +949,7 @@ impl Swarm {
         fresh: &[(usize, ChunkRanges)],
         now: Duration,
     ) -> bool {
-        let [host, peer] = self
-            .hosts
-            .get_disjoint_mut([h as usize, p as usize])
-            .expect("a host is not its own peer");
-        let Some(f) = host.fetch.as_deref_mut() else {
+        let Some((f, held, peer)) = self.fetch_and_peer(h, p) else {
             return false;
         };
         let Some(seen) = f.seen.get_mut(&p) else {
@@ -965,12 +961,23 @@ impl Swarm {
             let (b, v) = (*b, peer.version[*b]);
             if seen[b] != v {
                 seen[b] = v;
-                if !gained.is_subset(&host.have[b]) {
+                if !gained.is_subset(&held[b]) {
                     changed |= f.sched.peer_has(p, b, &peer.have[b], now);
                 }
             }
         }
         changed
+    }
+
+    /// Host `h`'s fetch, what `h` holds, and its peer `p` (`None` if `h` is not
+    /// fetching).
+    fn fetch_and_peer(&mut self, h: u32, p: u32) -> Option<(&mut Fetch, &[ChunkRanges], &Host)> {
+        let [host, peer] = self
+            .hosts
+            .get_disjoint_mut([h as usize, p as usize])
+            .expect("a host is not its own peer");
+        let fetch = host.fetch.as_deref_mut()?;
+        Some((fetch, &host.have, peer))
     }
 
     /// A have-map refresh round of host `h`'s fetch: it asks its peers what they have,
@@ -1000,11 +1007,7 @@ impl Swarm {
     /// changed since `h` last looked (all of them, the first time); whether that
     /// changed what `p` can give `h` (if not, `h`'s scheduler would do nothing new).
     fn feed_haves(&mut self, h: u32, p: u32, now: Duration) -> bool {
-        let [host, peer] = self
-            .hosts
-            .get_disjoint_mut([h as usize, p as usize])
-            .expect("a host is not its own peer");
-        let Some(f) = host.fetch.as_deref_mut() else {
+        let Some((f, _, peer)) = self.fetch_and_peer(h, p) else {
             return false;
         };
         let mut changed = false;
