@@ -6,6 +6,7 @@
 //!   (rarest first, pipelining with per-peer windows, endgame, bans and timeouts).
 //! - [`holders`]: what a fetch tells the complete peers it holds, and how a complete
 //!   node uses it to keep its upload for pieces the swarm lacks.
+//! - [`vecmap`]: an ordered map on sorted vectors, for the scheduler's peer table.
 //!
 //! The same scheduler runs inside `modeld` (driven by QUIC) and inside the swarm
 //! simulator (driven by simulated time), so what the simulator predicts is what the
@@ -30,4 +31,5 @@
 
 pub mod holders;
 pub mod scheduler;
+pub mod vecmap;
 pub mod wire;

@@ -54,6 +54,8 @@ use std::{
 
 use modeld_core::ranges::{self, CHUNK_BYTES, CHUNK_GROUP_BYTES, ChunkNum, ChunkRanges};
 
+use crate::vecmap::VecMap;
+
 /// A peer delivering under this fraction of the median rate is
 /// [`Scheduler::slow_peer`].
 pub const SLOW_PEER_FRACTION: f64 = 0.9;
@@ -375,8 +377,9 @@ pub struct Scheduler<P: Ord + Copy + Debug> {
     missing: BTreeSet<(u32, u64, usize)>,
     /// The most peers at which one piece has failed.
     most_failed: u32,
-    /// The connected peers.
-    peers: BTreeMap<P, Peer>,
+    /// The connected peers. Between changes to it, a peer's position in the table is
+    /// its index in the peer lists an assignment walks.
+    peers: VecMap<P, Peer>,
     /// Peers that were connected once.
     retired: BTreeMap<P, Retired>,
     requests: BTreeMap<RequestId, Outstanding<P>>,
@@ -392,8 +395,7 @@ pub struct Scheduler<P: Ord + Copy + Debug> {
     /// Reused by [`Scheduler::peer_has`]: what changed, and the pieces it meets.
     scratch_bounds: Vec<ChunkNum>,
     scratch_pieces: Vec<usize>,
-    /// Reused by [`Scheduler::assign`]: the peers, and their standings.
-    scratch_peers: Vec<P>,
+    /// Reused by [`Scheduler::assign`]: the peers' standings, in table order.
     scratch_standing: Vec<Standing>,
     scratch_last_resort: Vec<bool>,
 }
@@ -490,7 +492,7 @@ impl<P: Ord + Copy + Debug> Scheduler<P> {
             blob_pieces,
             missing,
             most_failed: 0,
-            peers: BTreeMap::new(),
+            peers: VecMap::new(),
             retired: BTreeMap::new(),
             requests: BTreeMap::new(),
             deadlines: BTreeSet::new(),
@@ -503,7 +505,6 @@ impl<P: Ord + Copy + Debug> Scheduler<P> {
             total_bytes,
             scratch_bounds: Vec::new(),
             scratch_pieces: Vec::new(),
-            scratch_peers: Vec::new(),
             scratch_standing: Vec::new(),
             scratch_last_resort: Vec::new(),
         }
@@ -675,12 +676,13 @@ impl<P: Ord + Copy + Debug> Scheduler<P> {
     /// Only the pieces whose ranges meet what changed are looked at: a growing
     /// have-map updates a few pieces of a blob that may have thousands.
     pub fn peer_has(&mut self, peer: P, blob: usize, has: &ChunkRanges, _now: Duration) -> bool {
-        let Some(p) = self.peers.get_mut(&peer) else {
+        let Some(at) = self.peers.position(&peer) else {
             return false;
         };
         if blob >= self.sizes.len() {
             return false;
         }
+        let p = &mut self.peers.values_mut()[at];
         let has = ranges::clip(has, self.sizes[blob]);
         let mut changed = std::mem::take(&mut self.scratch_bounds);
         toggled(p.has[blob].boundaries(), has.boundaries(), &mut changed);
@@ -704,7 +706,7 @@ impl<P: Ord + Copy + Debug> Scheduler<P> {
         self.scratch_bounds = changed;
         let mut useful_changed = false;
         for &i in &affected {
-            let p = self.peers.get_mut(&peer).expect("present");
+            let p = &mut self.peers.values_mut()[at];
             let now_has = self.pieces[i].need.is_subset(&p.has[blob]);
             if now_has != p.has_piece[i] {
                 p.has_piece[i] = now_has;
@@ -1023,35 +1025,31 @@ impl<P: Ord + Copy + Debug> Scheduler<P> {
         // resort: a request to it would be late anyway.
         let horizon = LATE_FACTOR * target;
         // Scratch vectors reused across calls (this runs for every action).
-        let mut peers = std::mem::take(&mut self.scratch_peers);
         let mut standing = std::mem::take(&mut self.scratch_standing);
         let mut last_resort = std::mem::take(&mut self.scratch_last_resort);
-        peers.clear();
         standing.clear();
         last_resort.clear();
         // The median is needed only once some peer is past the horizon (rarely).
         let median = std::cell::OnceCell::new();
-        for (k, p) in &self.peers {
+        for p in self.peers.values() {
             let s = self.standing(p, now, horizon, || {
                 *median.get_or_init(|| self.median_rate())
             });
-            peers.push(*k);
             standing.push(s);
             last_resort.push(s == Standing::LastResort);
         }
-        let action = self.pick(now, target, &peers, &standing, &last_resort);
-        self.scratch_peers = peers;
+        let action = self.pick(now, target, &standing, &last_resort);
         self.scratch_standing = standing;
         self.scratch_last_resort = last_resort;
         action
     }
 
-    /// [`Scheduler::assign`] once every peer's standing is known.
+    /// [`Scheduler::assign`] once every peer's standing is known (`standing` and
+    /// `last_resort` are in the order of the peer table).
     fn pick(
         &mut self,
         now: Duration,
         target: f64,
-        peers: &[P],
         standing: &[Standing],
         last_resort: &[bool],
     ) -> Option<Action<P>> {
@@ -1075,7 +1073,7 @@ impl<P: Ord + Copy + Debug> Scheduler<P> {
         ));
         let none_late_for_idle = none_waiting_since(late_for_idle);
         let n_last_resort = last_resort.iter().filter(|&&x| x).count() as u32;
-        if n_last_resort > 0 && self.withdraw_from_last_resorts(peers, last_resort, horizon, now) {
+        if n_last_resort > 0 && self.withdraw_from_last_resorts(last_resort, horizon, now) {
             return self.queued.pop();
         }
         // The requests waiting since before `late_for_idle` (the later threshold), oldest
@@ -1092,10 +1090,10 @@ impl<P: Ord + Copy + Debug> Scheduler<P> {
                     .collect::<Vec<_>>()
             })
         };
-        for k in 0..peers.len() {
-            let idx = (self.cursor + k) % peers.len();
-            let peer = peers[idx];
-            let p = &self.peers[&peer];
+        let n_peers = self.peers.len();
+        for k in 0..n_peers {
+            let idx = (self.cursor + k) % n_peers;
+            let p = &self.peers.values()[idx];
             if p.inflight.len() >= p.window || p.backoff_until > now {
                 continue;
             }
@@ -1119,13 +1117,12 @@ impl<P: Ord + Copy + Debug> Scheduler<P> {
                 continue;
             }
             // A last resort duplicates nothing a quicker peer could send.
-            let allowed = |i: usize| {
-                !last_resort[idx] || !self.quicker_holder(i, peers, last_resort, n_last_resort)
-            };
+            let allowed =
+                |i: usize| !last_resort[idx] || !self.quicker_holder(i, last_resort, n_last_resort);
             let piece = if endgame {
-                self.endgame_piece(&peer, late, allowed)
+                self.endgame_piece(p, late, allowed)
             } else if p.offer == 0 {
-                self.late_piece(&peer, late, waiting())
+                self.late_piece(p, late, waiting())
             } else {
                 // A piece that failed at this peer goes to others first, unless every
                 // peer that has it failed it too.
@@ -1148,7 +1145,8 @@ impl<P: Ord + Copy + Debug> Scheduler<P> {
                     .map(|(_, _, i)| *i)
             };
             if let Some(piece) = piece {
-                self.cursor = (self.cursor + k + 1) % peers.len();
+                self.cursor = (self.cursor + k + 1) % n_peers;
+                let peer = self.peers.keys()[idx];
                 let probe = standing[idx] == Standing::Probe;
                 return Some(self.issue(peer, piece, probe, now));
             }
@@ -1207,7 +1205,6 @@ impl<P: Ord + Copy + Debug> Scheduler<P> {
     /// anything was withdrawn (the cancels are queued).
     fn withdraw_from_last_resorts(
         &mut self,
-        peers: &[P],
         last_resort: &[bool],
         horizon: f64,
         now: Duration,
@@ -1215,14 +1212,16 @@ impl<P: Ord + Copy + Debug> Scheduler<P> {
         let mut stale = Vec::new();
         let mut shown = Vec::new();
         let n_last_resort = last_resort.iter().filter(|&&x| x).count() as u32;
-        for (k, _) in peers.iter().zip(last_resort).filter(|(_, slow)| **slow) {
-            let p = &self.peers[k];
+        for ((k, p), _) in self
+            .peers
+            .iter()
+            .zip(last_resort)
+            .filter(|(_, slow)| **slow)
+        {
             let before = stale.len();
             stale.extend(p.inflight.keys().copied().filter(|id| {
                 let o = &self.requests[id];
-                !o.probe
-                    && !o.started
-                    && self.quicker_holder(o.piece, peers, last_resort, n_last_resort)
+                !o.probe && !o.started && self.quicker_holder(o.piece, last_resort, n_last_resort)
             }));
             if stale.len() > before
                 && p.rate.is_none()
@@ -1253,23 +1252,18 @@ impl<P: Ord + Copy + Debug> Scheduler<P> {
     /// Whether a live peer that is not a last resort has piece `i` and has not failed
     /// it (one that failed it is asked again only after every other holder).
     /// `n_last_resort` counts the `true`s of `last_resort`.
-    fn quicker_holder(
-        &self,
-        i: usize,
-        peers: &[P],
-        last_resort: &[bool],
-        n_last_resort: u32,
-    ) -> bool {
+    fn quicker_holder(&self, i: usize, last_resort: &[bool], n_last_resort: u32) -> bool {
         // More live holders than last resorts and peers that failed the piece: one of
         // them is neither.
         let piece = &self.pieces[i];
         if piece.avail > n_last_resort.saturating_add(piece.failed_peers) {
             return true;
         }
-        peers.iter().zip(last_resort).any(|(k, &slow)| {
-            let q = &self.peers[k];
-            !slow && q.has_piece[i] && !q.failed.contains(&i)
-        })
+        self.peers
+            .values()
+            .iter()
+            .zip(last_resort)
+            .any(|(q, &slow)| !slow && q.has_piece[i] && !q.failed.contains(&i))
     }
 
     /// Seconds of a peer's measured delivery that may be in flight to it: the
@@ -1278,7 +1272,7 @@ impl<P: Ord + Copy + Debug> Scheduler<P> {
     /// (Little's law: on a fast link a long wait at busy peers would otherwise use up
     /// the in-flight allowance and leave the link idle).
     fn queue_target(&self) -> f64 {
-        let total: f64 = self.peers.values().filter_map(|p| p.rate).sum();
+        let total: f64 = self.peers.values().iter().filter_map(|p| p.rate).sum();
         let configured = self.config.queue_target.as_secs_f64();
         if total <= 0.0 {
             return configured;
@@ -1292,8 +1286,7 @@ impl<P: Ord + Copy + Debug> Scheduler<P> {
     /// stuck in a busy peer's queue would otherwise hold its piece while others could
     /// send it now. `waiting`: the requests whose answers have not started, oldest
     /// first, by when each was sent and its piece (at least those sent before `late`).
-    fn late_piece(&self, peer: &P, late: Duration, waiting: &[(Duration, usize)]) -> Option<usize> {
-        let p = &self.peers[peer];
+    fn late_piece(&self, p: &Peer, late: Duration, waiting: &[(Duration, usize)]) -> Option<usize> {
         waiting
             .iter()
             .take_while(|(sent, _)| *sent < late)
@@ -1328,11 +1321,10 @@ impl<P: Ord + Copy + Debug> Scheduler<P> {
     /// another duplicate and the peer is not already on it.
     fn endgame_piece(
         &self,
-        peer: &P,
+        p: &Peer,
         late: Duration,
         allowed: impl Fn(usize) -> bool,
     ) -> Option<usize> {
-        let p = &self.peers[peer];
         self.pieces
             .iter()
             .enumerate()
