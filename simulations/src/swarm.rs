@@ -38,6 +38,7 @@ use modeld_proto::{
     scheduler::{
         Action, BlobSpec, Failure, QUEUED_ROTATION, RequestId, Scheduler, SchedulerConfig, jittered,
     },
+    vecmap::VecMap,
 };
 
 use crate::{
@@ -204,9 +205,8 @@ struct Req {
 #[derive(Debug)]
 struct Fetch {
     sched: Scheduler<u32>,
-    peers: BTreeSet<u32>,
-    /// Have-map versions last seen, per connected peer.
-    seen: BTreeMap<u32, Vec<u32>>,
+    /// The connected peers, and what this fetch knows of and told each.
+    peers: VecMap<u32, Link>,
     /// Providers learned from DHT lookups.
     providers: BTreeSet<u32>,
     requests: BTreeMap<RequestId, Req>,
@@ -220,10 +220,18 @@ struct Fetch {
     pushing: BTreeSet<u32>,
     /// The wait before the next DHT lookup.
     lookup_wait: Nanos,
-    /// What this fetch has told each complete peer it holds, per blob, with the
+}
+
+/// A fetch's connection to one peer: one table lookup finds all a push or a refresh
+/// needs.
+#[derive(Debug, Default)]
+struct Link {
+    /// The peer's have-map versions last seen, per blob (empty: never looked).
+    seen: Vec<u32>,
+    /// What this fetch has told the peer (once complete) it holds, per blob, with the
     /// have-map version it had then (a blob whose version did not move since it was
-    /// told in full has no news).
-    told: BTreeMap<u32, Vec<Told>>,
+    /// told in full has no news). Empty: told nothing yet.
+    told: Vec<Told>,
 }
 
 /// What a fetch told one peer of one blob.
@@ -652,8 +660,7 @@ impl Swarm {
                 };
                 host.fetch = Some(Box::new(Fetch {
                     sched: Scheduler::new(&specs, config),
-                    peers: BTreeSet::new(),
-                    seen: BTreeMap::new(),
+                    peers: VecMap::new(),
                     providers: BTreeSet::new(),
                     requests: BTreeMap::new(),
                     wake: None,
@@ -661,7 +668,6 @@ impl Swarm {
                     refresh_round: 0,
                     pushing: BTreeSet::new(),
                     lookup_wait: FIRST_LOOKUP_WAIT,
-                    told: BTreeMap::new(),
                 }));
                 self.at(now + NOTICE_EVERY.as_nanos() as Nanos, Event::Notice(h));
                 self.at(now, Event::Lookup(h));
@@ -752,7 +758,7 @@ impl Swarm {
             .filter(|&p| {
                 p != h
                     && self.hosts[p as usize].alive
-                    && !f.peers.contains(&p)
+                    && !f.peers.contains_key(&p)
                     && !f.sched.is_banned(&p)
             })
             .map(|p| {
@@ -767,7 +773,12 @@ impl Swarm {
         // Same-rack peers take at most half the slots, leaving room for providers
         // elsewhere, whose pieces differ more (the daemon caps same-subnet peers alike).
         let near_cap = max / 2;
-        let mut near = f.peers.iter().filter(|&&q| self.is_near(h, q)).count();
+        let mut near = f
+            .peers
+            .keys()
+            .iter()
+            .filter(|&&q| self.is_near(h, q))
+            .count();
         candidates.retain(|c| {
             if !self.is_near(h, c.3) {
                 return true;
@@ -814,10 +825,9 @@ impl Swarm {
             self.hosts[p as usize].watchers.insert(h);
             self.hosts[p as usize].holders.connected(&h);
             let f = self.fetch_mut(h).expect("fetching");
-            f.peers.insert(p);
             // A peer disconnected earlier starts afresh (a banned one stays out).
+            f.peers.insert(p, Link::default());
             f.sched.readmit_peer(p, Duration::from_nanos(now));
-            f.seen.remove(&p);
             self.feed_haves(h, p, Duration::from_nanos(now));
         }
     }
@@ -848,8 +858,6 @@ impl Swarm {
     fn unlink(&mut self, h: u32, p: u32) {
         if let Some(f) = self.fetch_mut(h) {
             f.peers.remove(&p);
-            f.seen.remove(&p);
-            f.told.remove(&p);
         }
         let now = Duration::from_nanos(self.now);
         let peer = &mut self.hosts[p as usize];
@@ -863,7 +871,7 @@ impl Swarm {
     /// against the second between them.
     fn send_notices(&mut self, h: u32) {
         let peers: Vec<u32> = match self.hosts[h as usize].fetch.as_deref() {
-            Some(f) => f.peers.iter().copied().collect(),
+            Some(f) => f.peers.keys().to_vec(),
             None => return,
         };
         for p in peers {
@@ -874,13 +882,17 @@ impl Swarm {
                 .hosts
                 .get_disjoint_mut([h as usize, p as usize])
                 .expect("a host is not its own peer");
-            let Some(f) = host.fetch.as_deref_mut() else {
-                return;
+            let Some(told) = host
+                .fetch
+                .as_deref_mut()
+                .and_then(|f| f.peers.get_mut(&p))
+                .map(|link| &mut link.told)
+            else {
+                continue;
             };
-            let told = f
-                .told
-                .entry(p)
-                .or_insert_with(|| vec![Told::default(); host.have.len()]);
+            if told.is_empty() {
+                told.resize(host.have.len(), Told::default());
+            }
             let mut budget = NOTICES_PER_ROUND;
             for (b, (held, told)) in host.have.iter().zip(told.iter_mut()).enumerate() {
                 let version = host.version[b];
@@ -918,11 +930,7 @@ impl Swarm {
         }
         let watchers: Vec<u32> = self.hosts[h as usize].watchers.iter().copied().collect();
         for w in watchers {
-            let watching = self.hosts[w as usize]
-                .fetch
-                .as_deref()
-                .is_some_and(|f| f.peers.contains(&h));
-            if watching && self.feed_fresh(w, h, &fresh, now) {
+            if self.feed_fresh(w, h, &fresh, now) {
                 self.drive_soon(w);
             }
         }
@@ -952,7 +960,13 @@ impl Swarm {
         let Some((f, held, peer)) = self.fetch_and_peer(h, p) else {
             return false;
         };
-        let Some(seen) = f.seen.get_mut(&p) else {
+        // Not connected to `p`, or never looked at what it has: nothing to add to.
+        let Some(seen) = f
+            .peers
+            .get_mut(&p)
+            .map(|link| &mut link.seen)
+            .filter(|seen| !seen.is_empty())
+        else {
             return false;
         };
         f.pushing.insert(p);
@@ -989,6 +1003,7 @@ impl Swarm {
                 f.refresh_round += 1;
                 let all = f.refresh_round.is_multiple_of(POLL_PUSHING_EVERY);
                 f.peers
+                    .keys()
                     .iter()
                     .copied()
                     .filter(|p| all || !f.pushing.contains(p))
@@ -1011,7 +1026,9 @@ impl Swarm {
             return false;
         };
         let mut changed = false;
-        let seen = f.seen.entry(p).or_default();
+        let Some(Link { seen, .. }) = f.peers.get_mut(&p) else {
+            return false;
+        };
         if seen.len() != peer.version.len() {
             // Never looked: every blob counts as changed (an empty one says nothing).
             seen.clear();
@@ -1312,7 +1329,7 @@ impl Swarm {
         }
         if let Some(f) = self.hosts[h as usize].fetch.take() {
             let now = Duration::from_nanos(self.now);
-            for p in f.peers {
+            for &p in f.peers.keys() {
                 let peer = &mut self.hosts[p as usize];
                 peer.watchers.remove(&h);
                 peer.holders.disconnected(&h, now);
@@ -1358,8 +1375,6 @@ impl Swarm {
             if let Some(f) = self.fetch_mut(w) {
                 f.sched.remove_peer(h, Duration::from_nanos(now));
                 f.peers.remove(&h);
-                f.seen.remove(&h);
-                f.told.remove(&h);
             }
             self.drive(w);
         }
