@@ -1090,6 +1090,10 @@ impl<P: Ord + Copy + Debug> Scheduler<P> {
                     .collect::<Vec<_>>()
             })
         };
+        // In the endgame, the requested pieces that have a request not yet started,
+        // by their oldest request: gathered once, for every peer to look through.
+        let candidates = std::cell::OnceCell::new();
+        let candidates = || candidates.get_or_init(|| self.endgame_candidates());
         let n_peers = self.peers.len();
         for k in 0..n_peers {
             let idx = (self.cursor + k) % n_peers;
@@ -1120,7 +1124,7 @@ impl<P: Ord + Copy + Debug> Scheduler<P> {
             let allowed =
                 |i: usize| !last_resort[idx] || !self.quicker_holder(i, last_resort, n_last_resort);
             let piece = if endgame {
-                self.endgame_piece(p, late, allowed)
+                self.endgame_piece(p, late, candidates(), allowed)
             } else if p.offer == 0 {
                 self.late_piece(p, late, waiting())
             } else {
@@ -1316,37 +1320,53 @@ impl<P: Ord + Copy + Debug> Scheduler<P> {
             .count()
     }
 
-    /// In the endgame: the requested piece this peer has (and is `allowed`) whose oldest
-    /// request is oldest, if some request for it has not started, it has room for
-    /// another duplicate and the peer is not already on it.
+    /// In the endgame: the first of `candidates` ([`Scheduler::endgame_candidates`])
+    /// this peer has and is `allowed`, if it has room for another duplicate and the
+    /// peer is not already on it.
     fn endgame_piece(
         &self,
         p: &Peer,
         late: Duration,
+        candidates: &[usize],
         allowed: impl Fn(usize) -> bool,
     ) -> Option<usize> {
-        self.pieces
+        candidates.iter().copied().find(|&i| {
+            p.has_piece[i]
+                && allowed(i)
+                && self.timely_requests(i, late) < self.config.max_duplicates
+                && !self.pieces[i]
+                    .requests
+                    .iter()
+                    .any(|r| p.inflight.contains_key(r))
+        })
+    }
+
+    /// The requested pieces some request for which has not started, by when their
+    /// oldest request was sent (then by index): the order in which the endgame
+    /// duplicates them.
+    fn endgame_candidates(&self) -> Vec<usize> {
+        let mut order: Vec<(Duration, usize)> = self
+            .pieces
             .iter()
             .enumerate()
-            .filter(|(i, piece)| {
+            .filter(|(_, piece)| {
                 piece.state == PieceState::Requested
-                    && allowed(*i)
-                    && p.has_piece[*i]
                     && piece
                         .requests
                         .iter()
                         .any(|r| self.requests.get(r).is_some_and(|o| !o.started))
-                    && self.timely_requests(*i, late) < self.config.max_duplicates
-                    && !piece.requests.iter().any(|r| p.inflight.contains_key(r))
             })
-            .min_by_key(|(_, piece)| {
-                piece
+            .filter_map(|(i, piece)| {
+                let oldest = piece
                     .requests
                     .iter()
                     .filter_map(|r| self.requests.get(r).map(|o| o.sent))
-                    .min()
+                    .min()?;
+                Some((oldest, i))
             })
-            .map(|(i, _)| i)
+            .collect();
+        order.sort_unstable();
+        order.into_iter().map(|(_, i)| i).collect()
     }
 
     fn issue(&mut self, peer: P, piece: usize, probe: bool, now: Duration) -> Action<P> {
