@@ -232,6 +232,9 @@ struct Link {
     /// have-map version it had then (a blob whose version did not move since it was
     /// told in full has no news). Empty: told nothing yet.
     told: Vec<Told>,
+    /// It pushed news over this connection (so it is in [`Fetch::pushing`], which
+    /// outlives the connection).
+    pushed: bool,
 }
 
 /// What a fetch told one peer of one blob.
@@ -961,15 +964,14 @@ impl Swarm {
             return false;
         };
         // Not connected to `p`, or never looked at what it has: nothing to add to.
-        let Some(seen) = f
-            .peers
-            .get_mut(&p)
-            .map(|link| &mut link.seen)
-            .filter(|seen| !seen.is_empty())
-        else {
+        let Some(link) = f.peers.get_mut(&p).filter(|link| !link.seen.is_empty()) else {
             return false;
         };
-        f.pushing.insert(p);
+        if !link.pushed {
+            link.pushed = true;
+            f.pushing.insert(p);
+        }
+        let seen = &mut link.seen;
         let mut changed = false;
         for (b, gained) in fresh {
             let (b, v) = (*b, peer.version[*b]);
