@@ -56,6 +56,10 @@ use modeld_core::ranges::{self, CHUNK_BYTES, CHUNK_GROUP_BYTES, ChunkNum, ChunkR
 
 use crate::vecmap::VecMap;
 
+/// [`Scheduler::rarest_offered`] scans a peer's own pieces when it offers fewer than
+/// one in this many of the missing pieces.
+const FEW_OFFERED: usize = 8;
+
 /// A peer delivering under this fraction of the median rate is
 /// [`Scheduler::slow_peer`].
 pub const SLOW_PEER_FRACTION: f64 = 0.9;
@@ -383,6 +387,9 @@ pub struct Scheduler<P: Ord + Copy + Debug> {
     /// Peers that were connected once.
     retired: BTreeMap<P, Retired>,
     requests: BTreeMap<RequestId, Outstanding<P>>,
+    /// The requests whose answers have not started. Ids grow with time, so the first
+    /// is the one waiting longest.
+    unstarted: BTreeSet<RequestId>,
     /// The requests by deadline, earliest first.
     deadlines: BTreeSet<(Duration, RequestId)>,
     queued: Vec<Action<P>>,
@@ -495,6 +502,7 @@ impl<P: Ord + Copy + Debug> Scheduler<P> {
             peers: VecMap::new(),
             retired: BTreeMap::new(),
             requests: BTreeMap::new(),
+            unstarted: BTreeSet::new(),
             deadlines: BTreeSet::new(),
             queued: Vec::new(),
             next_id: 1,
@@ -838,6 +846,7 @@ impl<P: Ord + Copy + Debug> Scheduler<P> {
     /// Removes a request; its piece goes back to missing if nothing else fetches it.
     fn forget_request(&mut self, id: RequestId, now: Duration) -> Option<Outstanding<P>> {
         let r = self.requests.remove(&id)?;
+        self.unstarted.remove(&id);
         self.deadlines.remove(&(r.deadline, id));
         self.inflight_bytes -= r.bytes;
         if let Some(p) = self.peers.get_mut(&r.peer) {
@@ -867,6 +876,7 @@ impl<P: Ord + Copy + Debug> Scheduler<P> {
         };
         o.started = true;
         let (piece, peer, sent) = (o.piece, o.peer, o.sent);
+        self.unstarted.remove(&id);
         if let Some(p) = self.peers.get_mut(&peer) {
             let wait = now.saturating_sub(sent).as_secs_f64();
             p.wait = Some(p.wait.map_or(wait, |old| 0.5 * old + 0.5 * wait));
@@ -1056,13 +1066,11 @@ impl<P: Ord + Copy + Debug> Scheduler<P> {
         let endgame = self.missing.is_empty();
         let horizon = LATE_FACTOR * target;
         let late = now.saturating_sub(Duration::from_secs_f64(horizon));
-        // Request ids grow with time: the oldest come first.
+        // The request waiting longest comes first.
         let none_waiting_since = |t: Duration| {
-            !self
-                .requests
-                .values()
-                .take_while(|o| o.sent < t)
-                .any(|o| !o.started)
+            self.unstarted
+                .first()
+                .is_none_or(|id| self.requests[id].sent >= t)
         };
         let none_late = none_waiting_since(late);
         // An idle peer may take over sooner (`IDLE_TAKEOVER`), but not at once where
@@ -1082,10 +1090,10 @@ impl<P: Ord + Copy + Debug> Scheduler<P> {
         let waiting = std::cell::OnceCell::new();
         let waiting = || {
             waiting.get_or_init(|| {
-                self.requests
-                    .values()
+                self.unstarted
+                    .iter()
+                    .map(|id| &self.requests[id])
                     .take_while(|o| o.sent < late_for_idle)
-                    .filter(|o| !o.started)
                     .map(|o| (o.sent, o.piece))
                     .collect::<Vec<_>>()
             })
@@ -1138,15 +1146,7 @@ impl<P: Ord + Copy + Debug> Scheduler<P> {
                 } else {
                     u32::MAX
                 };
-                self.missing
-                    .iter()
-                    .take_while(|(avail, _, _)| *avail <= rare)
-                    .find(|(avail, _, i)| {
-                        p.has_piece[*i]
-                            && (!p.failed.contains(i) || *avail <= self.pieces[*i].failed_peers)
-                            && allowed(*i)
-                    })
-                    .map(|(_, _, i)| *i)
+                self.rarest_offered(p, rare, allowed)
             };
             if let Some(piece) = piece {
                 self.cursor = (self.cursor + k + 1) % n_peers;
@@ -1284,6 +1284,41 @@ impl<P: Ord + Copy + Debug> Scheduler<P> {
         configured.min(self.config.queue_share * self.config.max_inflight_bytes as f64 / total)
     }
 
+    /// The rarest missing piece `p` has that is at most `rare` rare and `allowed`, one
+    /// that failed at `p` only if every holder failed it. A peer that offers few of
+    /// the missing pieces has its pieces looked through (a dense scan); one that offers
+    /// many, the missing pieces in order of rarity (it soon meets one it has). Both
+    /// give the same piece.
+    fn rarest_offered(
+        &self,
+        p: &Peer,
+        rare: u32,
+        allowed: impl Fn(usize) -> bool,
+    ) -> Option<usize> {
+        let eligible = |avail: u32, i: usize| {
+            avail <= rare && (!p.failed.contains(&i) || avail <= self.pieces[i].failed_peers)
+        };
+        if (p.offer as usize).saturating_mul(FEW_OFFERED) >= self.missing.len() {
+            return self
+                .missing
+                .iter()
+                .take_while(|(avail, _, _)| *avail <= rare)
+                .find(|&&(avail, _, i)| p.has_piece[i] && eligible(avail, i) && allowed(i))
+                .map(|(_, _, i)| *i);
+        }
+        let mut offered: Vec<(u32, u64, usize)> = p
+            .has_piece
+            .iter()
+            .enumerate()
+            .filter(|(_, has)| **has)
+            .map(|(i, _)| (i, &self.pieces[i]))
+            .filter(|(i, piece)| piece.state == PieceState::Missing && eligible(piece.avail, *i))
+            .map(|(i, piece)| (piece.avail, piece.tiebreak, i))
+            .collect();
+        offered.sort_unstable();
+        offered.into_iter().map(|(_, _, i)| i).find(|&i| allowed(i))
+    }
+
     /// Before the endgame, for a peer with nothing missing on offer: the piece of the
     /// oldest request sent before `late` whose answer has not started that this peer
     /// has, if it has room for a duplicate and the peer is not already on it. A request
@@ -1395,6 +1430,7 @@ impl<P: Ord + Copy + Debug> Scheduler<P> {
                 started: false,
             },
         );
+        self.unstarted.insert(id);
         self.inflight_bytes += bytes;
         let p = self.peers.get_mut(&peer).expect("issuing to a known peer");
         if p.inflight.is_empty() {
