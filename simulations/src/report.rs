@@ -9,6 +9,79 @@ use crate::{
     swarm::{Kind, Outcome},
 };
 
+/// One run of a multi-seed table ([`seeds_table`]).
+#[derive(Debug, Clone, Copy)]
+pub struct SeedRow<'a> {
+    /// The scenario's seed for this run.
+    pub seed: u64,
+    /// Its summary.
+    pub stats: &'a Stats,
+    /// Its lower bound.
+    pub bound: &'a Bound,
+    /// The model's size in bytes.
+    pub model_bytes: u64,
+}
+
+/// A Markdown table of the same scenario run with several seeds: a row per seed, then
+/// the mean and the worst of each column. Wall times are left out, so the table is
+/// the same for the same seeds, byte for byte.
+pub fn seeds_table(name: &str, rows: &[SeedRow<'_>]) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "# {name}, {} seeds
+",
+        rows.len()
+    );
+    let _ = writeln!(
+        out,
+        "| seed | lower bound s | p50 s | p99 s | max s | p99 / p50 | last / lower bound | seeds uploaded (x model) | incomplete |\n\
+         |---|---|---|---|---|---|---|---|---|"
+    );
+    let cols = |r: &SeedRow<'_>| {
+        [
+            r.bound.seconds,
+            r.stats.p50,
+            r.stats.p99,
+            r.stats.max,
+            r.stats.p99 / r.stats.p50,
+            r.stats.last / r.bound.seconds,
+            r.stats.seed_upload as f64 / r.model_bytes.max(1) as f64,
+        ]
+    };
+    let row = |label: &str, c: [f64; 7], incomplete: String| {
+        format!(
+            "| {label} | {:.2} | {:.2} | {:.2} | {:.2} | {:.3} | {:.3} | {:.2} | {incomplete} |",
+            c[0], c[1], c[2], c[3], c[4], c[5], c[6]
+        )
+    };
+    for r in rows {
+        let _ = writeln!(
+            out,
+            "{}",
+            row(&r.seed.to_string(), cols(r), r.stats.incomplete.to_string())
+        );
+    }
+    if rows.len() > 1 {
+        let n = rows.len() as f64;
+        let mut mean = [0.0; 7];
+        let mut worst = [f64::MIN; 7];
+        for r in rows {
+            for (k, v) in cols(r).into_iter().enumerate() {
+                mean[k] += v / n;
+                worst[k] = worst[k].max(v);
+            }
+        }
+        let incomplete: usize = rows.iter().map(|r| r.stats.incomplete).sum();
+        let _ = writeln!(out, "{}", row("mean", mean, String::new()));
+        let _ = writeln!(out, "{}", row("worst", worst, incomplete.to_string()));
+    }
+    if let Some(r) = rows.first() {
+        let _ = writeln!(out, "\nLower bound of seed {}: {}.", r.seed, r.bound.reason);
+    }
+    out
+}
+
 /// The per-host CSV.
 pub fn csv(o: &Outcome) -> String {
     let mut out = String::from(

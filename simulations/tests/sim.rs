@@ -248,3 +248,40 @@ fn seeds_keep_their_upload_for_pieces_the_swarm_lacks() {
     let ratio = s.seed_upload as f64 / o.model_bytes as f64;
     assert!(ratio < 5.0, "seeds sent {ratio:.2}x the model");
 }
+
+/// `--seeds` runs the seeds side by side; each run's files are those a run of that one
+/// seed alone writes, and the table has a row per seed.
+#[test]
+fn runs_of_several_seeds_at_once_give_each_seed_its_own_result() {
+    let dir = std::env::temp_dir().join(format!("modeld-sim-seeds-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let scenario = dir.join("everything.toml");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(&scenario, EVERYTHING).unwrap();
+    let sim = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_modeld-sim"))
+            .arg(&scenario)
+            .args(["--out", dir.to_str().unwrap()])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    sim(&["--seeds", "7-8,10", "--jobs", "2"]);
+    let read = |name: &str| std::fs::read_to_string(dir.join(name)).unwrap();
+    let together = read("everything-seed8.csv");
+    sim(&["--seed", "8"]);
+    assert_eq!(together, read("everything-seed8.csv"));
+    // Seed 7 is the scenario's own.
+    assert_eq!(read("everything-seed7.csv"), run(EVERYTHING, None).0);
+    let table = read("everything-seeds.md");
+    for row in ["| 7 |", "| 8 |", "| 10 |", "| mean |", "| worst |"] {
+        assert!(table.contains(row), "{row} missing from\n{table}");
+    }
+    assert!(!table.contains("| 9 |"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
