@@ -160,6 +160,7 @@ pub fn setup(s: &Scenario, piece: Option<u64>) -> anyhow::Result<Setup> {
         serve: s.sim.serve,
         time_limit: duration(&s.sim.time_limit)?,
         seed: s.seed,
+        threads: 1,
     })
 }
 

@@ -52,10 +52,17 @@ struct Ran {
     wall: Duration,
 }
 
-/// Runs `sc` (with `piece` overriding its piece size), writes NAME.{csv,svg,md} to
-/// `out` and prints the summary.
-fn run(sc: &Scenario, piece: Option<u64>, name: &str, out: &Path) -> anyhow::Result<Ran> {
-    let setup = setup(sc, piece)?;
+/// Runs `sc` (with `piece` overriding its piece size) on up to `threads` threads,
+/// writes NAME.{csv,svg,md} to `out` and prints the summary.
+fn run(
+    sc: &Scenario,
+    piece: Option<u64>,
+    threads: usize,
+    name: &str,
+    out: &Path,
+) -> anyhow::Result<Ran> {
+    let mut setup = setup(sc, piece)?;
+    setup.threads = threads;
     let bound = lower_bound(&setup);
     let started = Instant::now();
     let outcome = Swarm::new(setup).run();
@@ -96,15 +103,18 @@ fn run_seeds(
     seeds: &[u64],
     jobs: usize,
 ) -> anyhow::Result<()> {
+    let jobs = jobs.clamp(1, seeds.len());
+    // The CPUs left over for each run.
+    let threads = (cpus() / jobs).max(1);
     let next = AtomicUsize::new(0);
     let results: Mutex<Vec<anyhow::Result<Ran>>> = Mutex::new(Vec::new());
     std::thread::scope(|scope| {
-        for _ in 0..jobs.clamp(1, seeds.len()) {
+        for _ in 0..jobs {
             scope.spawn(|| {
                 while let Some(&seed) = seeds.get(next.fetch_add(1, Ordering::Relaxed)) {
                     let mut one = sc.clone();
                     one.seed = seed;
-                    let ran = run(&one, piece, &format!("{name}-seed{seed}"), out);
+                    let ran = run(&one, piece, threads, &format!("{name}-seed{seed}"), out);
                     results.lock().unwrap_or_else(|e| e.into_inner()).push(ran);
                 }
             });
@@ -135,6 +145,11 @@ fn run_seeds(
         .collect();
     println!("wall time: {}; wrote {}", walls.join(", "), path.display());
     Ok(())
+}
+
+/// The CPUs this process may use.
+fn cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 /// Parses `--seeds`: a comma-separated list of seeds, each a number or a range `A-B`.
@@ -205,15 +220,12 @@ fn main() -> anyhow::Result<()> {
     let name = format!("{}{suffix}", sc.name);
     match (seed, seeds) {
         (Some(_), Some(_)) => bail!("give --seed or --seeds, not both"),
-        (_, Some(seeds)) => {
-            let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-            run_seeds(&sc, piece, &name, &out, &seeds, jobs.unwrap_or(cpus))
-        }
+        (_, Some(seeds)) => run_seeds(&sc, piece, &name, &out, &seeds, jobs.unwrap_or(cpus())),
         (seed, None) => {
             if let Some(s) = seed {
                 sc.seed = s;
             }
-            run(&sc, piece, &name, &out).map(drop)
+            run(&sc, piece, cpus(), &name, &out).map(drop)
         }
     }
 }

@@ -122,6 +122,10 @@ pub struct Setup {
     pub time_limit: Nanos,
     /// Seed of all random choices.
     pub seed: u64,
+    /// Threads that take in the news pushed at one instant side by side (1: on the
+    /// simulation's own thread only). The result is the same, byte for byte, for any
+    /// number.
+    pub threads: usize,
 }
 
 /// What happened to one host.
@@ -275,6 +279,77 @@ struct Host {
     left: bool,
     banned: u32,
 }
+
+/// One watcher's share of the news pushed at one instant ([`Swarm::push_haves`]).
+struct NewsFor<'a> {
+    watcher: u32,
+    /// Its fetch, taken out of the host table while the news is taken in.
+    fetch: Box<Fetch>,
+    /// (watcher, position of the pusher) pairs, in the pushers' order.
+    from: &'a [(u32, u32)],
+    /// The first pusher whose news gave the scheduler something to do.
+    first_useful: Option<u32>,
+}
+
+/// [`Swarm::feed_haves`] for the blobs in `fresh` only (those whose have-map changed
+/// since `p`'s last push, with what `p` gained), skipping what the fetch's host holds
+/// (`held`); whether that changed what `p` can give.
+fn feed_fresh(
+    f: &mut Fetch,
+    held: &[ChunkRanges],
+    p: u32,
+    peer: &Host,
+    fresh: &[(usize, ChunkRanges)],
+    now: Duration,
+) -> bool {
+    // Not connected to `p`, or never looked at what it has: nothing to add to.
+    let Some(link) = f.peers.get_mut(&p).filter(|link| !link.seen.is_empty()) else {
+        return false;
+    };
+    if !link.pushed {
+        link.pushed = true;
+        f.pushing.insert(p);
+    }
+    let seen = &mut link.seen;
+    let mut changed = false;
+    for (b, gained) in fresh {
+        let (b, v) = (*b, peer.version[*b]);
+        if seen[b] != v {
+            seen[b] = v;
+            if !gained.is_subset(&held[b]) {
+                changed |= f.sched.peer_has(p, b, &peer.have[b], now);
+            }
+        }
+    }
+    changed
+}
+
+/// Runs `work` on every item, on up to `threads` threads (this one among them), each
+/// taking the next few items as it is free.
+fn for_each_on<T: Send>(threads: usize, items: &mut [T], work: impl Fn(&mut T) + Sync) {
+    if threads <= 1 || items.len() < 2 {
+        items.iter_mut().for_each(work);
+        return;
+    }
+    let chunks = std::sync::Mutex::new(items.chunks_mut(8));
+    let take = || chunks.lock().unwrap_or_else(|e| e.into_inner()).next();
+    std::thread::scope(|scope| {
+        for _ in 1..threads {
+            scope.spawn(|| {
+                while let Some(chunk) = take() {
+                    chunk.iter_mut().for_each(&work);
+                }
+            });
+        }
+        while let Some(chunk) = take() {
+            chunk.iter_mut().for_each(&work);
+        }
+    });
+}
+
+/// News at one instant is taken in on [`Setup::threads`] threads once it reaches
+/// this many (watcher, pusher) pairs; less is not worth starting threads for.
+const PARALLEL_PAIRS: usize = 512;
 
 /// How often a fetch takes in newly discovered peers (the daemon's feed: 500 ms).
 const DISCOVER_EVERY: Nanos = 500_000_000;
@@ -461,7 +536,20 @@ impl Swarm {
             }
             let Reverse((_, _, event)) = self.queue.pop().expect("peeked");
             self.events += 1;
-            self.handle(event);
+            if let Event::Notice(h) = event {
+                // The notice rounds due next at this same instant go together.
+                let mut hs = vec![h];
+                while let Some(Reverse((at, _, Event::Notice(next)))) = self.queue.peek()
+                    && *at == t
+                {
+                    hs.push(*next);
+                    self.queue.pop();
+                    self.events += 1;
+                }
+                self.notice_round(&hs);
+            } else {
+                self.handle(event);
+            }
             self.peak_flows = self.peak_flows.max(self.net.active());
         }
         self.outcome()
@@ -617,13 +705,7 @@ impl Swarm {
                 }
             }
             Event::LookupDone(h) => self.lookup_done(h),
-            Event::Notice(h) => {
-                if self.fetch_mut(h).is_some() {
-                    self.send_notices(h);
-                    self.push_haves(h);
-                    self.at(now + NOTICE_EVERY.as_nanos() as Nanos, Event::Notice(h));
-                }
-            }
+            Event::Notice(h) => self.notice_round(&[h]),
             Event::Announce(h) => {
                 let host = &mut self.hosts[h as usize];
                 if host.alive && !host.provider {
@@ -631,6 +713,26 @@ impl Swarm {
                     self.provider_list.push(h);
                 }
             }
+        }
+    }
+
+    /// The notice rounds of hosts `hs`, due at this instant one after the other: each
+    /// fetching host tells its complete peers what it verified, and pushes it to the
+    /// fetches watching it. What one host tells and what another pushes touch different
+    /// state, so all the telling comes first, then all the pushing at once.
+    fn notice_round(&mut self, hs: &[u32]) {
+        let now = self.now;
+        let fetching: Vec<u32> = hs
+            .iter()
+            .copied()
+            .filter(|&h| self.hosts[h as usize].fetch.is_some())
+            .collect();
+        for &h in &fetching {
+            self.send_notices(h);
+        }
+        self.push_haves(&fetching);
+        for &h in &fetching {
+            self.at(now + NOTICE_EVERY.as_nanos() as Nanos, Event::Notice(h));
         }
     }
 
@@ -914,28 +1016,78 @@ impl Swarm {
         }
     }
 
-    /// Fetching host `h` pushes what it verified since the last round to the fetches
-    /// watching it, as the daemon's fetch driver does every [`NOTICE_EVERY`]
+    /// Fetching hosts `pushers` push what each verified since its last round to the
+    /// fetches watching it, as the daemon's fetch driver does every [`NOTICE_EVERY`]
     /// (`crates/net/src/fetch.rs`). A watcher that learns of a piece it still needs
     /// runs its scheduler. The news is given as the whole have-map, which the scheduler
     /// compares with what it knew: the same result as the daemon's delta notices.
     /// News of pieces the watcher holds itself is not given: it changes no decision of
     /// its scheduler (those pieces are done), and a swarm of 10,000 spends most of a
     /// run's time on such news otherwise.
-    fn push_haves(&mut self, h: u32) {
+    ///
+    /// Taking in news changes only the watcher's own fetch, so the watchers are served
+    /// side by side ([`Setup::threads`]), each hearing its pushers in their order; their
+    /// scheduler runs are queued in the order one push after the other would queue
+    /// them. The result does not depend on the number of threads.
+    fn push_haves(&mut self, pushers: &[u32]) {
         if !self.setup.push_haves {
             return;
         }
         let now = Duration::from_nanos(self.now);
-        let fresh = std::mem::take(&mut self.hosts[h as usize].fresh);
-        if fresh.is_empty() {
-            return;
-        }
-        let watchers: Vec<u32> = self.hosts[h as usize].watchers.iter().copied().collect();
-        for w in watchers {
-            if self.feed_fresh(w, h, &fresh, now) {
-                self.drive_soon(w);
+        let fresh: Vec<Vec<(usize, ChunkRanges)>> = pushers
+            .iter()
+            .map(|&h| std::mem::take(&mut self.hosts[h as usize].fresh))
+            .collect();
+        // Every (watcher, pusher's position) pair, by watcher and then pusher.
+        let mut pairs: Vec<(u32, u32)> = Vec::new();
+        for (i, &h) in pushers.iter().enumerate() {
+            if !fresh[i].is_empty() {
+                let watchers = &self.hosts[h as usize].watchers;
+                pairs.extend(watchers.iter().map(|&w| (w, i as u32)));
             }
+        }
+        pairs.sort_unstable();
+        let mut jobs = Vec::new();
+        for group in pairs.chunk_by(|a, b| a.0 == b.0) {
+            let w = group[0].0;
+            if let Some(fetch) = self.hosts[w as usize].fetch.take() {
+                jobs.push(NewsFor {
+                    watcher: w,
+                    fetch,
+                    from: group,
+                    first_useful: None,
+                });
+            }
+        }
+        let hosts = &self.hosts;
+        let hear = |job: &mut NewsFor<'_>| {
+            let held = &hosts[job.watcher as usize].have;
+            for &(_, i) in job.from {
+                let p = pushers[i as usize];
+                let news = &fresh[i as usize];
+                if feed_fresh(&mut job.fetch, held, p, &hosts[p as usize], news, now)
+                    && job.first_useful.is_none()
+                {
+                    job.first_useful = Some(i);
+                }
+            }
+        };
+        let threads = if pairs.len() >= PARALLEL_PAIRS {
+            self.setup.threads
+        } else {
+            1
+        };
+        for_each_on(threads, &mut jobs, hear);
+        let mut drives = Vec::new();
+        for job in jobs {
+            if let Some(i) = job.first_useful {
+                drives.push((i, job.watcher));
+            }
+            self.hosts[job.watcher as usize].fetch = Some(job.fetch);
+        }
+        drives.sort_unstable();
+        for (_, w) in drives {
+            self.drive_soon(w);
         }
     }
 
@@ -949,40 +1101,6 @@ impl Swarm {
             f.drive_pending = true;
             self.at(now, Event::Drive(h));
         }
-    }
-
-    /// [`Swarm::feed_haves`] for the blobs in `fresh` only (those whose have-map
-    /// changed since `p`'s last push, with what `p` gained), skipping what `h` holds.
-    fn feed_fresh(
-        &mut self,
-        h: u32,
-        p: u32,
-        fresh: &[(usize, ChunkRanges)],
-        now: Duration,
-    ) -> bool {
-        let Some((f, held, peer)) = self.fetch_and_peer(h, p) else {
-            return false;
-        };
-        // Not connected to `p`, or never looked at what it has: nothing to add to.
-        let Some(link) = f.peers.get_mut(&p).filter(|link| !link.seen.is_empty()) else {
-            return false;
-        };
-        if !link.pushed {
-            link.pushed = true;
-            f.pushing.insert(p);
-        }
-        let seen = &mut link.seen;
-        let mut changed = false;
-        for (b, gained) in fresh {
-            let (b, v) = (*b, peer.version[*b]);
-            if seen[b] != v {
-                seen[b] = v;
-                if !gained.is_subset(&held[b]) {
-                    changed |= f.sched.peer_has(p, b, &peer.have[b], now);
-                }
-            }
-        }
-        changed
     }
 
     /// Host `h`'s fetch, what `h` holds, and its peer `p` (`None` if `h` is not
@@ -1342,7 +1460,7 @@ impl Swarm {
 
     fn finish(&mut self, h: u32) {
         // The daemon's fetch pushes its last news as it ends.
-        self.push_haves(h);
+        self.push_haves(&[h]);
         self.stop_fetch(h);
         let host = &mut self.hosts[h as usize];
         host.complete = true;

@@ -285,3 +285,35 @@ fn runs_of_several_seeds_at_once_give_each_seed_its_own_result() {
     assert!(!table.contains("| 9 |"));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The news pushed at one instant is taken in on several threads in a burst; the
+/// result is the same, byte for byte, as on one.
+#[test]
+fn the_number_of_threads_changes_nothing() {
+    const BURST: &str = r#"
+name = "burst"
+seed = 3
+[model]
+files = 4
+file_size = "64MiB"
+piece = "4MiB"
+inflight = "64MiB"
+[network]
+host_up = "10Gbit"
+host_down = "10Gbit"
+rack_size = 20
+[seeds]
+count = 2
+[hosts]
+count = 200
+"#;
+    let on = |threads: usize| {
+        let sc: Scenario = toml::from_str(BURST).unwrap();
+        let mut setup = setup(&sc, None).unwrap();
+        setup.threads = threads;
+        let o = Swarm::new(setup).run();
+        assert_eq!(stats(&o).finished, 200);
+        report::csv(&o)
+    };
+    assert_eq!(on(1), on(4));
+}
