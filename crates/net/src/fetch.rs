@@ -547,6 +547,11 @@ pub async fn fetch(
                     net.inner.counters.notices_heard.fetch_add(1, Ordering::Relaxed);
                     pushing.insert(peer);
                     sched.peer_gained(peer, b, &ranges, started.elapsed());
+                    // Its news completed the blob: it is a complete peer now (no more
+                    // polls; it hears what this fetch holds), not at its next poll.
+                    if sched.peer_holds_all(&peer, b) {
+                        complete_peers.insert((peer, b));
+                    }
                 }
             }
             event = rx.recv() => {

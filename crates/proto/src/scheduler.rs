@@ -740,6 +740,16 @@ impl<P: Ord + Copy + Debug> Scheduler<P> {
         useful_changed
     }
 
+    /// Whether `peer` (connected) has said it holds every chunk of blob `blob`: a peer
+    /// whose pushed news completed a blob is complete there as surely as one whose
+    /// have-map said so.
+    pub fn peer_holds_all(&self, peer: &P, blob: usize) -> bool {
+        self.peers
+            .get(peer)
+            .and_then(|p| p.has.get(blob))
+            .is_some_and(|has| ranges::is_complete(has, self.sizes[blob]))
+    }
+
     /// `peer` now holds `gained` of blob `blob` too (a pushed notice: news only, on top
     /// of what it said before). Nothing it said before is taken back: only a whole
     /// have-map ([`Scheduler::peer_has`]) does that.
@@ -1524,6 +1534,13 @@ mod tests {
             .fold(ChunkRanges::empty(), |acc, r| &acc | &r);
         let both = &ranges::from_bytes(0..MIB) | &ranges::from_bytes(2 * MIB..3 * MIB);
         assert_eq!(asked, both);
+        // News that fills the gaps makes the peer hold all of the blob.
+        assert!(!s.peer_holds_all(&2, 0));
+        let gaps = &ranges::from_bytes(MIB..2 * MIB) | &ranges::from_bytes(3 * MIB..4 * MIB);
+        s.peer_gained(2, 0, &gaps, T0);
+        assert!(s.peer_holds_all(&2, 0));
+        assert!(!s.peer_holds_all(&9, 0));
+        assert!(!s.peer_holds_all(&2, 5));
     }
 
     #[test]
