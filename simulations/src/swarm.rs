@@ -1103,15 +1103,13 @@ impl Swarm {
         }
     }
 
-    /// Host `h`'s fetch, what `h` holds, and its peer `p` (`None` if `h` is not
-    /// fetching).
-    fn fetch_and_peer(&mut self, h: u32, p: u32) -> Option<(&mut Fetch, &[ChunkRanges], &Host)> {
+    /// Host `h`'s fetch and its peer `p` (`None` if `h` is not fetching).
+    fn fetch_and_peer(&mut self, h: u32, p: u32) -> Option<(&mut Fetch, &Host)> {
         let [host, peer] = self
             .hosts
             .get_disjoint_mut([h as usize, p as usize])
             .expect("a host is not its own peer");
-        let fetch = host.fetch.as_deref_mut()?;
-        Some((fetch, &host.have, peer))
+        Some((host.fetch.as_deref_mut()?, peer))
     }
 
     /// A have-map refresh round of host `h`'s fetch: it asks its peers what they have,
@@ -1142,7 +1140,7 @@ impl Swarm {
     /// changed since `h` last looked (all of them, the first time); whether that
     /// changed what `p` can give `h` (if not, `h`'s scheduler would do nothing new).
     fn feed_haves(&mut self, h: u32, p: u32, now: Duration) -> bool {
-        let Some((f, _, peer)) = self.fetch_and_peer(h, p) else {
+        let Some((f, peer)) = self.fetch_and_peer(h, p) else {
             return false;
         };
         let mut changed = false;
