@@ -19,8 +19,9 @@
 //!   after one round trip; cancels stop flows; a corrupt answer is detected at its
 //!   first 16 KiB chunk group and bans the peer; a departed peer fails its requests;
 //! - as a server, it sends up to 64 answers at once, the others waiting their turn
-//!   first come first served, or, with [`Serve::Queue`], one at a time and more while
-//!   its uplink has room.
+//!   (the askers that held least when they asked first, none overtaken for longer
+//!   than `OVERTAKE_LIMIT`: `modeld_proto::turns`), or, with [`Serve::Queue`], one at
+//!   a time and more while its uplink has room.
 //!
 //! Seeds and the origin hold everything from the start. A host that finishes keeps
 //! serving. Everything is ordered by (time, sequence number), and every random
@@ -38,6 +39,7 @@ use modeld_proto::{
     scheduler::{
         Action, BlobSpec, Failure, QUEUED_ROTATION, RequestId, Scheduler, SchedulerConfig, jittered,
     },
+    turns::Turns,
     vecmap::VecMap,
 };
 
@@ -203,6 +205,8 @@ struct Req {
     peer: u32,
     blob: usize,
     ranges: ChunkRanges,
+    /// What the asker held of its model when it asked (its turn in a server's queue).
+    held: u64,
     state: ReqState,
 }
 
@@ -268,10 +272,10 @@ struct Host {
     /// complete, to point requests elsewhere).
     holders: Holders<u32, usize>,
     /// Answers being sent now, and requests waiting for a turn (the daemon's answer
-    /// budget: at most [`crate::ANSWER_SLOTS`] answers at once, first come first
-    /// served).
+    /// budget: at most [`crate::ANSWER_SLOTS`] answers at once), in the daemon's order:
+    /// the askers that held least when they asked first ([`Turns`]).
     sending: u32,
-    waiting: std::collections::VecDeque<(u32, RequestId)>,
+    waiting: Turns<(u32, RequestId)>,
     uploaded: u64,
     downloaded: u64,
     verified: u64,
@@ -441,7 +445,7 @@ impl Swarm {
                     watchers: BTreeSet::new(),
                     holders: Holders::default(),
                     sending: 0,
-                    waiting: std::collections::VecDeque::new(),
+                    waiting: Turns::default(),
                     uploaded: 0,
                     downloaded: 0,
                     verified: 0,
@@ -1187,6 +1191,7 @@ impl Swarm {
                     } else {
                         None
                     };
+                    let held = self.hosts[h as usize].verified;
                     let f = self.fetch_mut(h).expect("fetching");
                     if let Some(why) = failure {
                         f.sched.on_failed(id, why, Duration::from_nanos(now));
@@ -1198,6 +1203,7 @@ impl Swarm {
                             peer,
                             blob,
                             ranges,
+                            held,
                             state: ReqState::Pending,
                         },
                     );
@@ -1270,9 +1276,10 @@ impl Swarm {
         self.start_waiting(peer);
     }
 
-    /// `peer` starts its oldest waiting answer, if any.
+    /// `peer` starts the answer whose turn is next, if any.
     fn start_waiting(&mut self, peer: u32) {
-        while let Some((dst, id)) = self.hosts[peer as usize].waiting.pop_front() {
+        let now = Duration::from_nanos(self.now);
+        while let Some((_, (dst, id))) = self.hosts[peer as usize].waiting.pop(now) {
             let waiting = self
                 .request(dst, id)
                 .is_some_and(|r| matches!(r.state, ReqState::Pending) && r.peer == peer);
@@ -1322,7 +1329,11 @@ impl Swarm {
             Serve::Queue => 1,
         };
         if self.hosts[peer as usize].sending >= limit {
-            self.hosts[peer as usize].waiting.push_back((h, id));
+            // The asker said what it held when it sent the request.
+            let held = self.request(h, id).map_or(0, |r| r.held);
+            self.hosts[peer as usize]
+                .waiting
+                .push(held, Duration::from_nanos(now), (h, id));
             self.backlog.insert(peer);
             return;
         }

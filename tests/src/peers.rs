@@ -105,7 +105,9 @@ async fn answer(
                     .encode(),
                     None => wire::encode_error(Status::NotFound, "no"),
                 },
-                Ok(Request::GetBlob { hash, ranges: want }) => match sizes.get(&hash) {
+                Ok(Request::GetBlob {
+                    hash, ranges: want, ..
+                }) => match sizes.get(&hash) {
                     Some(&size) => {
                         let len = wire::encoded_len(size, &ranges::clip(&want, size)) as usize;
                         let mut a = wire::encode_blob_header(size).to_vec();

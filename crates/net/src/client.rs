@@ -253,15 +253,18 @@ impl PeerConn {
 
     /// The bao encoding of `ranges` of blob `hash`, which is `size` bytes long. The read
     /// is bounded by the exact encoded length, and timed by `timeout`. The answer is kept
-    /// as the chunks QUIC delivered, never concatenated.
+    /// as the chunks QUIC delivered, never concatenated. `held` is what this node holds
+    /// of what it is fetching: a busy server answers those that hold least first
+    /// (`modeld_proto::turns`).
     pub async fn blob(
         &self,
         hash: Hash,
         size: u64,
         ranges: &ChunkRanges,
+        held: u64,
         timeout: Duration,
     ) -> Result<BlobAnswer, PeerError> {
-        self.blob_with_start(hash, size, ranges, timeout, || ())
+        self.blob_with_start(hash, size, ranges, held, timeout, || ())
             .await
     }
 
@@ -273,6 +276,7 @@ impl PeerConn {
         hash: Hash,
         size: u64,
         ranges: &ChunkRanges,
+        held: u64,
         timeout: Duration,
         on_start: impl FnOnce(),
     ) -> Result<BlobAnswer, PeerError> {
@@ -282,6 +286,7 @@ impl PeerConn {
         let request = Request::GetBlob {
             hash,
             ranges: ranges.clone(),
+            held,
         };
         let limit = BlobAnswer::HEADER + expected;
         let exchange = async {

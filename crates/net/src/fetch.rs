@@ -353,6 +353,7 @@ pub async fn fetch(
                     let (hash, size, partial) = (b.hash, b.size, b.partial.clone());
                     let timeout = net.inner.config.request_timeout
                         + Duration::from_secs_f64(bytes as f64 / slowest as f64);
+                    let held = sched.progress().0;
                     let (tx, net) = (tx.clone(), net.clone());
                     let handle = tokio::spawn(async move {
                         net.inner.download.acquire(bytes).await;
@@ -363,7 +364,7 @@ pub async fn fetch(
                             let _ = tx.try_send(Event::Started(id));
                         };
                         match conn
-                            .blob_with_start(hash, size, &ranges, timeout, started)
+                            .blob_with_start(hash, size, &ranges, held, timeout, started)
                             .await
                         {
                             // Once the data is here it is verified and written even if the

@@ -5,7 +5,8 @@
 //!   authenticated by both ends' ed25519 node ids.
 //! - [`endpoint`]: the QUIC endpoint, tuned for bulk transfer.
 //! - [`serve`]: answers peers' requests from the store (validated encoding only), with
-//!   per-peer throttling and an upload cap.
+//!   per-peer throttling and an upload cap; `budget` orders the requests that wait
+//!   for room to assemble their answers.
 //! - [`client`]: one peer connection and its requests, every read bounded and timed.
 //! - [`fetch`]: the fetch driver: runs `modeld_proto`'s scheduler over real peers and
 //!   writes each verified piece into the store.
@@ -14,6 +15,7 @@
 //!
 //! The wire protocol is `modeld_proto::wire` (`docs/protocol.md`).
 
+mod budget;
 pub mod client;
 pub mod discovery;
 pub mod endpoint;

@@ -5,8 +5,9 @@
 //! request must arrive within [`REQUEST_READ_TIMEOUT`] and be at most
 //! `MAX_REQUEST_BYTES`; one blob request asks for at most `MAX_BLOB_REQUEST_BYTES`;
 //! answers being assembled in memory share a budget of [`ANSWER_BUDGET`] bytes
-//! (requests wait for it first come, first served, and leave the queue if the asker
-//! withdraws them); a peer sending requests faster than [`REQUESTS_PER_SEC`] gets
+//! (requests wait for it, the askers that hold least of what they fetch first, and
+//! leave the queue if the asker withdraws them: [`crate::budget`]); a peer sending
+//! requests faster than [`REQUESTS_PER_SEC`] gets
 //! `Busy`; the upload cap paces every answer.
 //!
 //! Only the validated encoder produces blob data: holes are refused (`NotPresent`) and
@@ -31,7 +32,7 @@ use modeld_proto::wire::{
 use modeld_store::ReadError;
 use tokio::sync::Semaphore;
 
-use crate::{Net, identity, lock};
+use crate::{Net, budget::AnswerBudget, identity, lock};
 
 /// Most peer connections at once.
 pub const MAX_CONNECTIONS: usize = 256;
@@ -47,7 +48,7 @@ const SLOWEST_READER: f64 = 128.0 * 1024.0;
 /// Accepts connections until the endpoint closes.
 pub(crate) async fn accept_loop(net: Net) {
     let connections = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    let budget = Arc::new(Semaphore::new(ANSWER_BUDGET >> 10));
+    let budget = Arc::new(AnswerBudget::new(ANSWER_BUDGET as u64));
     while let Some(incoming) = net.inner.endpoint.accept().await {
         let Ok(permit) = connections.clone().try_acquire_owned() else {
             tracing::warn!(remote = %incoming.remote_address(), "too many peer connections; refusing");
@@ -62,7 +63,7 @@ pub(crate) async fn accept_loop(net: Net) {
     }
 }
 
-async fn handle_connection(net: Net, incoming: quinn::Incoming, budget: Arc<Semaphore>) {
+async fn handle_connection(net: Net, incoming: quinn::Incoming, budget: Arc<AnswerBudget>) {
     let remote = incoming.remote_address();
     let conn = match tokio::time::timeout(net.inner.config.connect_timeout, incoming).await {
         Ok(Ok(c)) => c,
@@ -131,7 +132,7 @@ async fn handle_stream(
     asker: Asker<'_>,
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
-    budget: &Semaphore,
+    budget: &AnswerBudget,
     throttle: &Mutex<(f64, Instant)>,
 ) {
     let counters = &net.inner.counters;
@@ -175,8 +176,9 @@ async fn handle_stream(
         Request::Have { hash } => answer_have(net, asker, hash).await,
         Request::Holds { hash, ranges } => record_notice(net, peer, hash, ranges).await,
         Request::GetManifest { id } => answer_manifest(net, id).await,
-        Request::GetBlob { hash, ranges } => {
-            return serve_blob(net, peer, send, hash, ranges, budget).await;
+        Request::GetBlob { hash, ranges, held } => {
+            let asked = BlobAsked { hash, ranges, held };
+            return serve_blob(net, peer, send, asked, budget).await;
         }
     };
     counters.requests_served.fetch_add(1, Ordering::Relaxed);
@@ -266,14 +268,21 @@ async fn answer_manifest(net: &Net, id: modeld_core::Hash) -> Vec<u8> {
     }
 }
 
+/// A blob request: what is asked, and what the asker holds (its turn in the queue).
+struct BlobAsked {
+    hash: modeld_core::Hash,
+    ranges: ranges::ChunkRanges,
+    held: u64,
+}
+
 async fn serve_blob(
     net: &Net,
     peer: PublicKey,
     mut send: quinn::SendStream,
-    hash: modeld_core::Hash,
-    ranges: ranges::ChunkRanges,
-    budget: &Semaphore,
+    asked: BlobAsked,
+    budget: &AnswerBudget,
 ) {
+    let BlobAsked { hash, ranges, held } = asked;
     let counters = &net.inner.counters;
     let store = net.inner.store.clone();
     let Some(Ok(found)) = blocking(move || store.available(hash)).await else {
@@ -302,15 +311,14 @@ async fn serve_blob(
         return;
     }
     let encoded_len = wire::encoded_len(size, &want) as usize;
-    // Wait for room in the answer budget (first come, first served), unless the
-    // asker withdraws the request meanwhile: a swamped seed's queue then holds only
-    // requests someone still wants from it.
-    let permits = ((encoded_len >> 10) + 1) as u32;
-    let (permit, waited) = match budget.try_acquire_many(permits) {
-        Ok(permit) => (Ok(permit), false),
-        Err(_) => {
+    // Wait for room in the answer budget (in turn: those that hold least first),
+    // unless the asker withdraws the request meanwhile: a swamped seed's queue then
+    // holds only requests someone still wants from it.
+    let (_permit, waited) = match budget.try_acquire(encoded_len as u64) {
+        Some(permit) => (permit, false),
+        None => {
             let permit = tokio::select! {
-                permit = budget.acquire_many(permits) => permit,
+                permit = budget.acquire(encoded_len as u64, held) => permit,
                 _ = send.stopped() => {
                     counters.requests_withdrawn.fetch_add(1, Ordering::Relaxed);
                     return;
@@ -318,9 +326,6 @@ async fn serve_blob(
             };
             (permit, true)
         }
-    };
-    let Ok(_permit) = permit else {
-        return;
     };
     // A request to a complete node for what enough of the node's other peers hold
     // goes to them instead: a node with a queue keeps its upload for what they lack

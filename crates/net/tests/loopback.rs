@@ -231,7 +231,7 @@ async fn a_request_withdrawn_while_it_waits_leaves_the_servers_queue() {
     let ask = |i: u64| {
         let conn = conn.clone();
         let r = modeld_core::ranges::from_bytes(i * (16 << 20)..(i + 1) * (16 << 20));
-        tokio::spawn(async move { conn.blob(hash, 80 << 20, &r, wait).await })
+        tokio::spawn(async move { conn.blob(hash, 80 << 20, &r, 0, wait).await })
     };
     let filling: Vec<_> = (0..4).map(ask).collect();
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -275,7 +275,7 @@ async fn an_answer_counts_as_started_only_once_the_server_takes_it_up() {
             let on_start = || {
                 flag.fetch_add(1, Ordering::SeqCst);
             };
-            conn.blob_with_start(hash, 80 << 20, &r, wait, on_start)
+            conn.blob_with_start(hash, 80 << 20, &r, 0, wait, on_start)
                 .await
         });
         (task, started)
@@ -304,6 +304,61 @@ async fn an_answer_counts_as_started_only_once_the_server_takes_it_up() {
     for (f, _) in filling {
         f.abort();
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_node_answers_the_asker_that_holds_least_first() {
+    // Three 16 MiB answers (and their bao parents) fill a 1 MiB/s seed's 64 MiB answer
+    // budget; two more requests wait: first one from an asker that holds 1 GiB of its
+    // model, then one from an asker that holds nothing. When one answer is withdrawn,
+    // the room goes to the asker that holds nothing.
+    let (_seed, _leech, conn, hash) = paced_seed().await;
+    let wait = Duration::from_secs(60);
+    let ask = |i: u64, held: u64| {
+        let conn = conn.clone();
+        let started = Arc::new(AtomicBool::new(false));
+        let flag = started.clone();
+        let r = modeld_core::ranges::from_bytes(i * (16 << 20)..(i + 1) * (16 << 20));
+        let task = tokio::spawn(async move {
+            let on_start = || flag.store(true, Ordering::SeqCst);
+            conn.blob_with_start(hash, 80 << 20, &r, held, wait, on_start)
+                .await
+        });
+        (task, started)
+    };
+    let filling: Vec<_> = (0..3).map(|i| ask(i, 0)).collect();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !filling.iter().all(|(_, s)| s.load(Ordering::SeqCst)) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the budget never filled"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (much, much_started) = ask(3, 1 << 30);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (little, little_started) = ask(4, 0);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!much_started.load(Ordering::SeqCst) && !little_started.load(Ordering::SeqCst));
+    filling[0].0.abort();
+    let deadline = std::time::Instant::now() + Duration::from_secs(4);
+    while !little_started.load(Ordering::SeqCst) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the asker holding nothing did not get the room"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !much_started.load(Ordering::SeqCst),
+        "the asker holding more was answered too: the budget was not full"
+    );
+    for (task, _) in filling {
+        task.abort();
+    }
+    much.abort();
+    little.abort();
 }
 
 /// A node sending 32 MiB/s that holds all of one 80 MiB blob, and `n` other nodes
@@ -347,7 +402,9 @@ async fn fill_answer_budget(
             let r = modeld_core::ranges::from_bytes(i * (16 << 20)..(i + 1) * (16 << 20));
             tokio::spawn(async move {
                 // Sent, or pointed elsewhere at its turn (if others claim it).
-                let answer = conn.blob(hash, 80 << 20, &r, Duration::from_secs(60)).await;
+                let answer = conn
+                    .blob(hash, 80 << 20, &r, 0, Duration::from_secs(60))
+                    .await;
                 assert!(matches!(status_of(answer), None | Some(Status::Elsewhere)));
             })
         })
@@ -382,14 +439,14 @@ async fn a_busy_complete_node_points_requests_elsewhere_while_two_of_its_peers_h
         .unwrap();
     assert_eq!(counter(&seed.net.counters().notices_received), 3);
     // With room in its answer budget the node sends what fewer than eight hold.
-    assert_eq!(status_of(c.blob(hash, 80 << 20, &mib(0), t).await), None);
+    assert_eq!(status_of(c.blob(hash, 80 << 20, &mib(0), 0, t).await), None);
     // Busy, it points C's request for the first MiB elsewhere at its turn; the
     // second MiB (one other holder) it sends.
     let hogging = fill_answer_budget(hog, hash).await;
     let (m0, m1) = (mib(0), mib(1));
     let (first, second) = tokio::join!(
-        c.blob(hash, 80 << 20, &m0, t),
-        c.blob(hash, 80 << 20, &m1, t)
+        c.blob(hash, 80 << 20, &m0, 0, t),
+        c.blob(hash, 80 << 20, &m1, 0, t)
     );
     assert_eq!(status_of(first), Some(Status::Elsewhere));
     assert_eq!(status_of(second), None);
@@ -402,7 +459,7 @@ async fn a_busy_complete_node_points_requests_elsewhere_while_two_of_its_peers_h
     b.close("done");
     tokio::time::sleep(Duration::from_millis(300)).await;
     let hogging = fill_answer_budget(hog, hash).await;
-    let again = c.blob(hash, 80 << 20, &mib(0), t).await;
+    let again = c.blob(hash, 80 << 20, &mib(0), 0, t).await;
     assert_eq!(status_of(again), Some(Status::Elsewhere));
     assert_eq!(counter(&seed.net.counters().requests_elsewhere), 2);
     for task in hogging {
@@ -411,7 +468,7 @@ async fn a_busy_complete_node_points_requests_elsewhere_while_two_of_its_peers_h
     // Past the linger only A holds the first MiB: busy again, the node sends it.
     tokio::time::sleep(modeld_proto::holders::CLAIMS_LINGER).await;
     let hogging = fill_answer_budget(hog, hash).await;
-    assert_eq!(status_of(c.blob(hash, 80 << 20, &mib(0), t).await), None);
+    assert_eq!(status_of(c.blob(hash, 80 << 20, &mib(0), 0, t).await), None);
     assert_eq!(counter(&seed.net.counters().requests_elsewhere), 2);
     for task in hogging {
         task.await.unwrap();

@@ -6,6 +6,8 @@
 //!   (rarest first, pipelining with per-peer windows, endgame, bans and timeouts).
 //! - [`holders`]: what a fetch tells the complete peers it holds, and how a complete
 //!   node uses it to keep its upload for pieces the swarm lacks.
+//! - [`turns`]: the order in which a busy server answers waiting requests (the askers
+//!   that hold least first).
 //! - [`vecmap`]: an ordered map on sorted vectors, for the scheduler's peer table.
 //!
 //! The same scheduler runs inside `modeld` (driven by QUIC) and inside the swarm
@@ -31,5 +33,6 @@
 
 pub mod holders;
 pub mod scheduler;
+pub mod turns;
 pub mod vecmap;
 pub mod wire;

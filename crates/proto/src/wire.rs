@@ -12,11 +12,11 @@ use modeld_core::{
 };
 
 /// ALPN protocol id of the data plane.
-pub const ALPN: &[u8] = b"modeld/1";
+pub const ALPN: &[u8] = b"modeld/2";
 /// Most range boundaries in a request.
 pub const MAX_REQUEST_BOUNDARIES: usize = 256;
 /// Largest request in bytes.
-pub const MAX_REQUEST_BYTES: usize = 1 + 32 + 2 + MAX_REQUEST_BOUNDARIES * 8;
+pub const MAX_REQUEST_BYTES: usize = 1 + 32 + 8 + 2 + MAX_REQUEST_BOUNDARIES * 8;
 /// Most data bytes one blob request may ask for; servers answer larger ones `TooLarge`.
 pub const MAX_BLOB_REQUEST_BYTES: u64 = 16 << 20;
 /// Most boundaries in a have-map answer (a server with more fragments sends a subset).
@@ -35,6 +35,10 @@ pub enum Request {
         hash: Hash,
         /// Chunk ranges wanted.
         ranges: ChunkRanges,
+        /// Bytes the asker holds, verified, of everything it is fetching (0 if it is
+        /// not fetching). It decides only the order in which a busy server answers:
+        /// those that hold least first ([`crate::turns`]).
+        held: u64,
     },
     /// A signed manifest by id.
     GetManifest {
@@ -175,10 +179,11 @@ impl Request {
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(64);
         match self {
-            Self::GetBlob { hash, ranges } => {
+            Self::GetBlob { hash, ranges, held } => {
                 debug_assert!(ranges.boundaries().len() <= MAX_REQUEST_BOUNDARIES);
                 out.push(KIND_GET_BLOB);
                 out.extend_from_slice(hash.as_bytes());
+                out.extend_from_slice(&held.to_le_bytes());
                 put_ranges(&mut out, ranges, false);
             }
             Self::GetManifest { id } => {
@@ -208,6 +213,7 @@ impl Request {
         let req = match r.u8()? {
             KIND_GET_BLOB => Self::GetBlob {
                 hash: r.hash()?,
+                held: r.u64()?,
                 ranges: r.ranges(MAX_REQUEST_BOUNDARIES)?,
             },
             KIND_GET_MANIFEST => Self::GetManifest { id: r.hash()? },
@@ -442,10 +448,12 @@ mod tests {
             Request::GetBlob {
                 hash: Hash::of(b"x"),
                 ranges: r(0, 1024) | r(2048, 4096),
+                held: 0,
             },
             Request::GetBlob {
                 hash: Hash::of(b"x"),
                 ranges: ChunkRanges::from(ChunkNum(5)..),
+                held: u64::MAX,
             },
             Request::GetManifest { id: Hash::of(b"m") },
             Request::Have {
@@ -469,12 +477,12 @@ mod tests {
         assert_eq!(Request::decode(&bytes), Err(WireError::Trailing(1)));
         // Too many boundaries, claimed by the count before any data.
         let mut big = vec![KIND_GET_BLOB];
-        big.extend_from_slice(&[0; 32]);
+        big.extend_from_slice(&[0; 32 + 8]);
         big.extend_from_slice(&u16::MAX.to_le_bytes());
         assert_eq!(Request::decode(&big), Err(WireError::TooManyRanges(65535)));
         // Unsorted boundaries.
         let mut bad = vec![KIND_GET_BLOB];
-        bad.extend_from_slice(&[0; 32]);
+        bad.extend_from_slice(&[0; 32 + 8]);
         bad.extend_from_slice(&2u16.to_le_bytes());
         bad.extend_from_slice(&9u64.to_le_bytes());
         bad.extend_from_slice(&3u64.to_le_bytes());
