@@ -3,8 +3,8 @@
 //!
 //! What each host does mirrors the daemon's fetch driver (`crates/net/src/fetch.rs`
 //! and the discovery feed in `crates/daemon/src/fetch.rs`):
-//! - it looks up providers in the DHT at once, again after 0.5 s, then at waits that
-//!   double up to `lookup_every` (each lookup returns up to `lookup_results` of them,
+//! - it looks up providers in the DHT at once, then every 0.5 s for 6 s, then at waits
+//!   that double up to `lookup_every` (each lookup returns up to `lookup_results` of them,
 //!   after `dht_latency`), and with mDNS it also knows the hosts of its rack; every
 //!   500 ms it connects to known peers, up to `max_peers`, those known to hold data
 //!   first, then nearest first (same rack, then round-trip time), with at most half
@@ -359,6 +359,9 @@ const PARALLEL_PAIRS: usize = 512;
 const DISCOVER_EVERY: Nanos = 500_000_000;
 /// The wait after a fetch's first DHT lookup (the daemon's `FIRST_LOOKUP_WAIT`).
 const FIRST_LOOKUP_WAIT: Nanos = 500_000_000;
+/// For this long after it starts a fetch looks up providers every
+/// [`FIRST_LOOKUP_WAIT`] (the daemon's `FAST_LOOKUPS_FOR`).
+const FAST_LOOKUPS_FOR: Nanos = 6_000_000_000;
 /// The interval of `MODELD_SIM_TRACE` lines.
 const TRACE_EVERY: Nanos = 250_000_000;
 /// A corrupt answer is detected at its first chunk group.
@@ -699,12 +702,17 @@ impl Swarm {
             Event::Lookup(h) => {
                 if self.fetch_mut(h).is_some() {
                     self.at(now + self.setup.dht_latency, Event::LookupDone(h));
-                    // As the daemon: again after 0.5 s, then the wait doubles up to
-                    // `lookup_every` (the first answers of a burst name few providers).
+                    // As the daemon: every 0.5 s for the first 6 s, then the wait
+                    // doubles up to `lookup_every` (in a burst the providers multiply
+                    // in the first seconds; the first answers name few of them).
                     let every = self.setup.lookup_every;
+                    let fast =
+                        now.saturating_sub(self.hosts[h as usize].spec.arrive) < FAST_LOOKUPS_FOR;
                     let f = self.fetch_mut(h).expect("fetching");
                     let wait = f.lookup_wait.min(every);
-                    f.lookup_wait = wait * 2;
+                    if !fast {
+                        f.lookup_wait = wait * 2;
+                    }
                     self.at(now + wait, Event::Lookup(h));
                 }
             }

@@ -328,11 +328,15 @@ fn resolve_in_dht(
     (best.map(|(_, e)| e), refused)
 }
 
-/// The wait after a fetch's first DHT lookup for providers; it doubles after each
-/// lookup up to [`LOOKUP_EVERY`]. The first answers in a burst name few providers (the
-/// seeds), so the next ones come soon (measured in the swarm simulator: see
-/// `docs/simulations/README.md`).
+/// The wait after a fetch's first DHT lookup for providers: lookups follow at this
+/// interval for [`FAST_LOOKUPS_FOR`], then the wait doubles after each lookup up to
+/// [`LOOKUP_EVERY`]. The first answers in a burst name few providers (the seeds), and
+/// in its first seconds every fresh host becomes one, so the next answers come soon
+/// (measured in the swarm simulator: see `docs/simulations/README.md`).
 const FIRST_LOOKUP_WAIT: Duration = Duration::from_millis(500);
+/// How long after a fetch starts it keeps looking up providers every
+/// [`FIRST_LOOKUP_WAIT`] (twelve lookups per key).
+const FAST_LOOKUPS_FOR: Duration = Duration::from_secs(6);
 /// The longest wait between two lookups for providers.
 const LOOKUP_EVERY: Duration = Duration::from_secs(3);
 
@@ -369,6 +373,7 @@ async fn providers_of(discovery: &Discovery, key: Hash) -> Vec<PeerAddr> {
 /// address (nearest first), and the providers of the model's blobs and manifest.
 async fn feed_peers(discovery: Discovery, keys: Vec<Hash>, found: mpsc::Sender<Discovered>) {
     let mut sent: BTreeSet<SocketAddr> = BTreeSet::new();
+    let started = Instant::now();
     let mut next_lookup = Instant::now();
     let mut lookup_wait = FIRST_LOOKUP_WAIT;
     let mut next_resend = Instant::now() + Duration::from_secs(5);
@@ -406,7 +411,9 @@ async fn feed_peers(discovery: Discovery, keys: Vec<Hash>, found: mpsc::Sender<D
         // providers found order the next offers.
         if Instant::now() >= next_lookup {
             next_lookup = Instant::now() + lookup_wait;
-            lookup_wait = (lookup_wait * 2).min(LOOKUP_EVERY);
+            if started.elapsed() >= FAST_LOOKUPS_FOR {
+                lookup_wait = (lookup_wait * 2).min(LOOKUP_EVERY);
+            }
             let mut lookups = tokio::task::JoinSet::new();
             for k in keys.iter().copied() {
                 let d = discovery.clone();
