@@ -337,6 +337,16 @@ const FIRST_LOOKUP_WAIT: Duration = Duration::from_millis(500);
 /// How long after a fetch starts it keeps looking up providers every
 /// [`FIRST_LOOKUP_WAIT`] (twelve lookups per key).
 const FAST_LOOKUPS_FOR: Duration = Duration::from_secs(6);
+
+/// The wait before the next lookup for providers, after one made `since_start` into a
+/// fetch that waited `wait` before it.
+fn next_lookup_wait(since_start: Duration, wait: Duration) -> Duration {
+    if since_start < FAST_LOOKUPS_FOR {
+        wait
+    } else {
+        (wait * 2).min(LOOKUP_EVERY)
+    }
+}
 /// The longest wait between two lookups for providers.
 const LOOKUP_EVERY: Duration = Duration::from_secs(3);
 
@@ -411,9 +421,7 @@ async fn feed_peers(discovery: Discovery, keys: Vec<Hash>, found: mpsc::Sender<D
         // providers found order the next offers.
         if Instant::now() >= next_lookup {
             next_lookup = Instant::now() + lookup_wait;
-            if started.elapsed() >= FAST_LOOKUPS_FOR {
-                lookup_wait = (lookup_wait * 2).min(LOOKUP_EVERY);
-            }
+            lookup_wait = next_lookup_wait(started.elapsed(), lookup_wait);
             let mut lookups = tokio::task::JoinSet::new();
             for k in keys.iter().copied() {
                 let d = discovery.clone();
@@ -429,5 +437,26 @@ async fn feed_peers(discovery: Discovery, keys: Vec<Hash>, found: mpsc::Sender<D
             return;
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lookups_come_every_half_second_for_six_seconds_then_thin_out_to_every_three() {
+        let (mut at, mut wait) = (Duration::ZERO, FIRST_LOOKUP_WAIT);
+        let mut times = vec![at];
+        while at < Duration::from_secs(20) {
+            let next = at + wait;
+            wait = next_lookup_wait(at, wait);
+            at = next;
+            times.push(at);
+        }
+        let ms: Vec<u128> = times.iter().map(Duration::as_millis).collect();
+        let fast: Vec<u128> = (0..=13).map(|i| i * 500).collect();
+        assert_eq!(ms[..14], fast[..], "{ms:?}");
+        assert_eq!(ms[14..], [7_500, 9_500, 12_500, 15_500, 18_500, 21_500]);
     }
 }
