@@ -6,9 +6,9 @@
 //! `MAX_REQUEST_BYTES`; one blob request asks for at most `MAX_BLOB_REQUEST_BYTES`;
 //! answers being assembled in memory share a budget of [`ANSWER_BUDGET`] bytes
 //! (requests wait for it, the askers that hold least of what they fetch first, and
-//! leave the queue if the asker withdraws them: [`crate::budget`]); a peer sending
-//! requests faster than [`REQUESTS_PER_SEC`] gets
-//! `Busy`; the upload cap paces every answer.
+//! leave the queue if the asker withdraws them: `crates/net/src/budget.rs`); a peer
+//! sending requests faster than [`REQUESTS_PER_SEC`] gets `Busy`; the upload cap paces
+//! every answer.
 //!
 //! Only the validated encoder produces blob data: holes are refused (`NotPresent`) and
 //! rot found on the way is reported (`Corrupt`) and marked missing, never sent.

@@ -12,8 +12,8 @@
 //! copy. Serving those that hold least first makes every fresh host a source sooner
 //! (each copy it receives adds a sender), and later lets the hosts that fell behind
 //! catch up, which narrows the spread of completions. In the simulated burst of 1,000
-//! hosts the last host finishes at 1.18x the lower bound instead of 1.22x
-//! (`docs/simulations/README.md`, twelfth round).
+//! hosts the last host finishes at 1.185x the lower bound instead of 1.223x (the mean of
+//! three draws; `docs/simulations/README.md`, twelfth round).
 //!
 //! No request is overtaken for ever: one that has waited [`OVERTAKE_LIMIT`] goes next,
 //! in arrival order. So an asker that lies (claims to hold nothing) gains a place in
