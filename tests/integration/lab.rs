@@ -1,6 +1,12 @@
 //! Multi-host tests in the network-namespace lab (`modeld_tests::lab`): hosts with
 //! their own addresses on a private bridge, every link shaped, nobody given a peer
 //! address. They skip loudly where the lab cannot run (not root), and fail under CI.
+//!
+//! Two measurements are run by hand (`--ignored`): `lab_pair_cpu_cost` (what one
+//! transfer costs the machine) and `lab_burst_against_bittorrent` (the burst with
+//! BitTorrent and with modeld in one lab, side by side; needs `aria2c`, `mktorrent`
+//! and `opentracker`). `MODELD_LAB_RATE_MBIT` runs them, and the bursts, at another
+//! link rate (200 Mbit/s by default), to see where the machine's CPU is not the limit.
 
 use std::{
     io::{BufRead, BufReader},
@@ -27,7 +33,25 @@ struct Swarm {
 }
 
 fn swarm(hosts: usize, files: &[(&str, u64)], mdns: bool) -> Option<Swarm> {
-    let mut lab = lab_or_skip(hosts, RATE_MBIT)?;
+    let lab = lab_or_skip(hosts, measured_rate())?;
+    let model = write_model(&lab, files);
+    Some(start_swarm(lab, model, files, mdns))
+}
+
+/// Writes `files` (seeded) into the lab's `model` directory.
+fn write_model(lab: &Lab, files: &[(&str, u64)]) -> PathBuf {
+    let model = lab.dir().join("model");
+    for (i, (name, size)) in files.iter().enumerate() {
+        random_file(&model.join(name), *size, 1000 + i as u64);
+    }
+    model
+}
+
+/// Starts a modeld on every host of `lab`, trusts one publisher key on all of them,
+/// publishes `model` (made of `files`) from host 0, and waits until every host knows
+/// its peers.
+fn start_swarm(mut lab: Lab, model: PathBuf, files: &[(&str, u64)], mdns: bool) -> Swarm {
+    let hosts = lab.hosts.len();
     let no_mdns = ["--mdns", "false"];
     lab.start(0, if mdns { &[] } else { &no_mdns });
     let boot = lab.daemon(0).bootstrap_addr();
@@ -45,10 +69,6 @@ fn swarm(hosts: usize, files: &[(&str, u64)], mdns: bool) -> Option<Swarm> {
     for i in 0..hosts {
         lab.daemon(i)
             .ctl_ok(&["trust", "add", public.trim(), "--scope", "org/"]);
-    }
-    let model = lab.dir().join("model");
-    for (i, (name, size)) in files.iter().enumerate() {
-        random_file(&model.join(name), *size, 1000 + i as u64);
     }
     let id = lab.daemon(0).ctl_ok(&publish_args(
         model.to_str().unwrap(),
@@ -73,13 +93,13 @@ fn swarm(hosts: usize, files: &[(&str, u64)], mdns: bool) -> Option<Swarm> {
             },
         );
     }
-    Some(Swarm {
+    Swarm {
         lab,
         key,
         model,
         id: id.trim().to_owned(),
         total: files.iter().map(|(_, s)| s).sum(),
-    })
+    }
 }
 
 /// About 1 GiB in several files.
@@ -133,21 +153,34 @@ fn burst(sw: &Swarm, hosts: &[usize]) -> Vec<(usize, f64, serde_json::Value)> {
 
 fn report(name: &str, sw: &Swarm, results: &[(usize, f64, serde_json::Value)]) {
     let f_bits = sw.total as f64 * 8.0;
-    let bound = f_bits / (f64::from(RATE_MBIT) * 1e6);
+    let rate = measured_rate();
+    let bound = f_bits / (f64::from(rate) * 1e6);
     let last = results.iter().map(|r| r.1).fold(0.0, f64::max);
     let seed_up = sw.lab.daemon(0).counter("bytes_served") as f64;
     let mut times: Vec<f64> = results.iter().map(|r| r.1).collect();
     times.sort_by(f64::total_cmp);
     eprintln!(
-        "\n=== {name}: {} hosts, {:.0} MiB, links {RATE_MBIT} Mbit/s each way\n\
+        "\n=== {name}: {} hosts, {:.0} MiB, links {rate} Mbit/s each way\n\
          finish times (s): {times:.1?}\n\
+         all hosts sent {:.2} F on the wire for the {} F they fetched; {:.2} F arrived twice\n\
          last host done in {last:.1} s; bound F/U = {bound:.1} s; ratio {:.2}\n\
-         seed uploaded {:.0} MiB = {:.2} F; it pointed {} requests elsewhere\n",
+         seed uploaded {:.0} MiB = {:.2} F ({:.2} F on the wire); it pointed {} requests elsewhere\n",
         results.len(),
         sw.total as f64 / f64::from(1 << 20),
+        (0..sw.lab.hosts.len())
+            .map(|i| sw.lab.wire_sent(i))
+            .sum::<u64>() as f64
+            / sw.total as f64,
+        results.len(),
+        results
+            .iter()
+            .map(|(i, _, _)| sw.lab.daemon(*i).counter("bytes_duplicate"))
+            .sum::<u64>() as f64
+            / sw.total as f64,
         last / bound,
         seed_up / f64::from(1 << 20),
         seed_up / sw.total as f64,
+        sw.lab.wire_sent(0) as f64 / sw.total as f64,
         sw.lab.daemon(0).counter("requests_elsewhere"),
     );
 }
@@ -378,9 +411,11 @@ fn lab_hostile_name_records_are_ignored() {
 #[ignore = "a measurement, run by hand"]
 fn lab_pair_cpu_cost() {
     let files = [("weights.bin", 512u64 << 20)];
-    let Some(sw) = swarm(2, &files, true) else {
+    let Some(lab) = lab_or_skip(2, measured_rate()) else {
         return;
     };
+    let model = write_model(&lab, &files);
+    let sw = start_swarm(lab, model, &files, true);
     let cpu = |pid: u32| -> f64 {
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
         let f: Vec<&str> = stat
@@ -415,4 +450,220 @@ fn lab_pair_cpu_cost() {
             eprintln!("host {i}: {line}");
         }
     }
+}
+
+/// The reference the issue sets: BitTorrent in this very lab. A tracker
+/// (`opentracker`) and a seeding `aria2c` on host 0, a torrent of the same model in
+/// 1 MiB pieces (`mktorrent`), and `aria2c` on hosts 1-7 started at the same moment,
+/// each seeding on once it is done, as BitTorrent clients do. Returns each host's
+/// seconds until its download completed, and the bytes host 0 sent on its link.
+fn bittorrent_burst(lab: &mut Lab, model: &Path) -> (Vec<f64>, u64) {
+    let dir = lab.dir().to_owned();
+    let tracker_ip = lab.hosts[0].ip.to_string();
+    let torrent = dir.join("model.torrent");
+    let made = Command::new("mktorrent")
+        .args([
+            "-l",
+            "20",
+            "-a",
+            &format!("http://{tracker_ip}:6969/announce"),
+        ])
+        .arg("-o")
+        .arg(&torrent)
+        .arg(model)
+        .output()
+        .expect("run mktorrent (apt-get install mktorrent)");
+    assert!(made.status.success(), "mktorrent: {made:?}");
+    // Debian's opentracker serves only the torrents on its list.
+    let shown = Command::new("aria2c")
+        .arg("-S")
+        .arg(&torrent)
+        .output()
+        .expect("run aria2c (apt-get install aria2)");
+    let info_hash = String::from_utf8_lossy(&shown.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("Info Hash: ").map(str::to_owned))
+        .unwrap_or_else(|| panic!("no info hash in `aria2c -S`: {shown:?}"));
+    // It reads the list as user `nobody`, so the lab's directory must be open to it.
+    let list = dir.join("whitelist.txt");
+    std::fs::write(&list, format!("{info_hash}\n")).unwrap();
+    std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let mut tracker = lab.command(0, "opentracker");
+    tracker
+        .current_dir(&dir)
+        .args([
+            "-i",
+            &tracker_ip,
+            "-p",
+            "6969",
+            "-P",
+            "6969",
+            "-A",
+            &tracker_ip,
+        ])
+        .arg("-w")
+        .arg(&list)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    lab.spawn(&mut tracker);
+    let stats = format!("http://{tracker_ip}:6969/stats?mode=peer");
+    let peers_known = |lab: &Lab| -> Option<u64> {
+        let out = lab
+            .command(0, "curl")
+            .args(["-sf", "--max-time", "2", &stats])
+            .output()
+            .ok()?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.lines().next()?.trim().parse().ok()
+    };
+    wait_for(Duration::from_secs(20), "the tracker to answer", || {
+        peers_known(lab)
+    });
+    // Common flags: no DHT or local peer discovery (the tracker is the only way to
+    // find peers), no preallocation, quiet.
+    let common = [
+        "--enable-dht=false",
+        "--enable-dht6=false",
+        "--disable-ipv6=true",
+        "--bt-enable-lpd=false",
+        "--seed-ratio=0.0",
+        "--file-allocation=none",
+        "--summary-interval=0",
+        "--console-log-level=warn",
+        "--listen-port=6881",
+    ];
+    let mut seed = lab.command(0, "aria2c");
+    seed.args(common)
+        .arg(format!("--dir={}", dir.display()))
+        .args(["--bt-seed-unverified=true", "--check-integrity=false"])
+        .arg(&torrent)
+        .stdout(Stdio::null());
+    lab.spawn(&mut seed);
+    wait_for(
+        Duration::from_secs(30),
+        "the seed to announce itself",
+        || peers_known(lab).filter(|&n| n >= 1),
+    );
+    let hook = dir.join("bt-done.sh");
+    std::fs::write(&hook, "#!/bin/sh\ndate +%s.%N > \"$MODELD_BT_DONE\"\n").unwrap();
+    std::fs::set_permissions(&hook, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let wire0 = lab.wire_sent(0);
+    let started = std::time::SystemTime::now();
+    let marks: Vec<PathBuf> = (1..lab.hosts.len())
+        .map(|i| dir.join(format!("bt-done-{i}")))
+        .collect();
+    for (i, mark) in (1..lab.hosts.len()).zip(&marks) {
+        let mut leech = lab.command(i, "aria2c");
+        leech
+            .args(common)
+            .arg(format!("--dir={}", dir.join(format!("bt{i}")).display()))
+            .arg(format!("--on-bt-download-complete={}", hook.display()))
+            .arg(&torrent)
+            .env("MODELD_BT_DONE", mark)
+            .stdout(Stdio::null());
+        lab.spawn(&mut leech);
+    }
+    let done_at = |mark: &Path| -> Option<f64> {
+        let text = std::fs::read_to_string(mark).ok()?;
+        let at: f64 = text.trim().parse().ok()?;
+        let t0 = started.duration_since(std::time::UNIX_EPOCH).unwrap();
+        Some(at - t0.as_secs_f64())
+    };
+    let times = wait_for(
+        Duration::from_secs(600),
+        "every BitTorrent download to complete",
+        || {
+            marks
+                .iter()
+                .map(|m| done_at(m))
+                .collect::<Option<Vec<f64>>>()
+        },
+    );
+    let seed_wire = lab.wire_sent(0) - wire0;
+    lab.kill_others();
+    // aria2c checked every piece's SHA-1; check the files against the originals too.
+    for i in 1..lab.hosts.len() {
+        for (name, _) in GIB_MODEL {
+            let got = dir.join(format!("bt{i}")).join("model").join(name);
+            assert_eq!(
+                reference_b3sum(&got),
+                reference_b3sum(&model.join(name)),
+                "BitTorrent host {i}: {name}"
+            );
+        }
+        std::fs::remove_dir_all(dir.join(format!("bt{i}"))).unwrap();
+    }
+    (times, seed_wire)
+}
+
+/// The link rate of the measurements run by hand: `RATE_MBIT`, or another from
+/// `MODELD_LAB_RATE_MBIT` (to see the costs where the machine's CPU is not the limit).
+fn measured_rate() -> u32 {
+    std::env::var("MODELD_LAB_RATE_MBIT")
+        .map(|r| {
+            r.parse()
+                .expect("MODELD_LAB_RATE_MBIT is a number of Mbit/s")
+        })
+        .unwrap_or(RATE_MBIT)
+}
+
+/// The machine's busy and total CPU-seconds so far, from `/proc/stat`.
+fn machine_cpu() -> (f64, f64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap();
+    let f: Vec<f64> = stat
+        .lines()
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .skip(1)
+        .map(|x| x.parse().unwrap())
+        .collect();
+    // user nice system idle iowait irq softirq steal ...
+    let idle = f[3] + f[4];
+    let total: f64 = f.iter().take(8).sum();
+    ((total - idle) / 100.0, total / 100.0)
+}
+
+/// The autoscaling burst with BitTorrent and with modeld in one lab, one after the
+/// other, reported side by side against the same bound.
+#[test]
+#[ignore = "a measurement against BitTorrent (needs aria2c, mktorrent, opentracker), run by hand"]
+fn lab_burst_against_bittorrent() {
+    let rate = measured_rate();
+    let Some(mut lab) = lab_or_skip(8, rate) else {
+        return;
+    };
+    let model = write_model(&lab, GIB_MODEL);
+    let total: u64 = GIB_MODEL.iter().map(|(_, s)| s).sum();
+    let cpu0 = machine_cpu();
+    let (mut bt_times, bt_seed) = bittorrent_burst(&mut lab, &model);
+    let bt_cpu = machine_cpu();
+    bt_times.sort_by(f64::total_cmp);
+    let sw = start_swarm(lab, model, GIB_MODEL, true);
+    let wire0 = sw.lab.wire_sent(0);
+    let cpu1 = machine_cpu();
+    let results = burst(&sw, &(1..8).collect::<Vec<_>>());
+    let md_cpu = machine_cpu();
+    let md_seed = sw.lab.wire_sent(0) - wire0;
+    check_all_have_it(&sw, &results);
+    let mut md_times: Vec<f64> = results.iter().map(|r| r.1).collect();
+    md_times.sort_by(f64::total_cmp);
+    let bound = total as f64 * 8.0 / (f64::from(rate) * 1e6);
+    let line = |name: &str, times: &[f64], seed: u64, cpu: ((f64, f64), (f64, f64))| {
+        let last = times[times.len() - 1];
+        let ((b0, t0), (b1, t1)) = cpu;
+        eprintln!(
+            "{name:<20} last {last:5.1} s = {:.2}x F/U   median {:5.1} s   seed sent {:.2} F on the wire   machine busy {:.0} %   times {times:.1?}",
+            last / bound,
+            times[times.len() / 2],
+            seed as f64 / total as f64,
+            100.0 * (b1 - b0) / (t1 - t0),
+        );
+    };
+    eprintln!(
+        "\n=== burst in one lab: 7 fresh hosts, {} MiB, links {rate} Mbit/s, F/U {bound:.1} s",
+        total >> 20
+    );
+    line("BitTorrent (aria2c)", &bt_times, bt_seed, (cpu0, bt_cpu));
+    line("modeld (mDNS)", &md_times, md_seed, (cpu1, md_cpu));
 }

@@ -19,7 +19,7 @@
 use std::{
     net::Ipv4Addr,
     path::{Path, PathBuf},
-    process::{Command, Stdio},
+    process::{Child, Command, Stdio},
     sync::atomic::{AtomicU32, Ordering},
 };
 
@@ -32,6 +32,8 @@ pub struct Lab {
     dir: tempfile::TempDir,
     /// The hosts, in order.
     pub hosts: Vec<LabHost>,
+    /// Other programs run in the hosts ([`Lab::spawn`]), killed with the lab.
+    others: Vec<Child>,
     /// One lab at a time: each one loads both cores.
     _one_at_a_time: std::sync::MutexGuard<'static, ()>,
 }
@@ -122,6 +124,7 @@ impl Lab {
             prefix: prefix.clone(),
             dir,
             hosts: Vec::new(),
+            others: Vec::new(),
             _one_at_a_time: guard,
         };
         let bridge = lab.bridge_ns();
@@ -210,6 +213,43 @@ impl Lab {
         self.hosts[i].daemon.as_mut().expect("daemon started")
     }
 
+    /// A command that runs `program` in host `i`'s namespace.
+    pub fn command(&self, i: usize, program: &str) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.hosts[i].ns, program]);
+        c
+    }
+
+    /// Starts `command` (from [`Lab::command`]); it is killed when the lab is dropped,
+    /// or by [`Lab::kill_others`].
+    pub fn spawn(&mut self, command: &mut Command) {
+        let child = command
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {command:?}: {e}"));
+        self.others.push(child);
+    }
+
+    /// Kills what [`Lab::spawn`] started.
+    pub fn kill_others(&mut self) {
+        for mut c in self.others.drain(..) {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// The bytes host `i` has sent on its link so far (frames: payload and headers).
+    pub fn wire_sent(&self, i: usize) -> u64 {
+        let out = Command::new("ip")
+            .args(["-n", &self.hosts[i].ns, "-s", "-j", "link", "show", "eth0"])
+            .output()
+            .expect("run ip");
+        let v: serde_json::Value =
+            serde_json::from_slice(&out.stdout).expect("`ip -j` prints JSON");
+        v[0]["stats64"]["tx"]["bytes"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no tx byte count for host {i}: {v}"))
+    }
+
     /// Cuts host `i` off the bridge (both directions).
     pub fn cut(&self, i: usize) {
         ip(&[
@@ -239,6 +279,7 @@ impl Lab {
 
 impl Drop for Lab {
     fn drop(&mut self) {
+        self.kill_others();
         for h in &mut self.hosts {
             if let Some(mut d) = h.daemon.take() {
                 d.kill9();
