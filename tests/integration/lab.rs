@@ -164,7 +164,8 @@ fn report(name: &str, sw: &Swarm, results: &[(usize, f64, serde_json::Value)]) {
          finish times (s): {times:.1?}\n\
          all hosts sent {:.2} F on the wire for the {} F they fetched; {:.2} F arrived twice\n\
          last host done in {last:.1} s; bound F/U = {bound:.1} s; ratio {:.2}\n\
-         seed uploaded {:.0} MiB = {:.2} F ({:.2} F on the wire); it pointed {} requests elsewhere\n",
+         seed uploaded {:.0} MiB = {:.2} F ({:.2} F on the wire); it pointed {} requests elsewhere\n\
+         packets dropped by the shaped links, per host (out, in): {:?}\n",
         results.len(),
         sw.total as f64 / f64::from(1 << 20),
         (0..sw.lab.hosts.len())
@@ -182,6 +183,9 @@ fn report(name: &str, sw: &Swarm, results: &[(usize, f64, serde_json::Value)]) {
         seed_up / sw.total as f64,
         sw.lab.wire_sent(0) as f64 / sw.total as f64,
         sw.lab.daemon(0).counter("requests_elsewhere"),
+        (0..sw.lab.hosts.len())
+            .map(|i| sw.lab.drops(i))
+            .collect::<Vec<_>>(),
     );
 }
 

@@ -250,6 +250,27 @@ impl Lab {
             .unwrap_or_else(|| panic!("no tx byte count for host {i}: {v}"))
     }
 
+    /// Packets the shaped links of host `i` have dropped so far: on its way out (its
+    /// own `tbf`) and on its way in (the bridge side's, where many senders meet).
+    pub fn drops(&self, i: usize) -> (u64, u64) {
+        let dropped = |ns: &str, dev: &str| {
+            let out = Command::new("tc")
+                .args(["-n", ns, "-s", "-j", "qdisc", "show", "dev", dev])
+                .output()
+                .expect("run tc");
+            let v: serde_json::Value =
+                serde_json::from_slice(&out.stdout).expect("`tc -j` prints JSON");
+            v.as_array()
+                .into_iter()
+                .flatten()
+                .filter(|q| q["kind"] == "tbf")
+                .map(|q| q["drops"].as_u64().unwrap_or(0))
+                .sum()
+        };
+        let h = &self.hosts[i];
+        (dropped(&h.ns, "eth0"), dropped(&self.bridge_ns(), &h.port))
+    }
+
     /// Cuts host `i` off the bridge (both directions).
     pub fn cut(&self, i: usize) {
         ip(&[
@@ -280,14 +301,33 @@ impl Lab {
 impl Drop for Lab {
     fn drop(&mut self) {
         self.kill_others();
-        for h in &mut self.hosts {
+        let keep = std::env::var_os("MODELD_LAB_LOGS").map(PathBuf::from);
+        for (i, h) in self.hosts.iter_mut().enumerate() {
             if let Some(mut d) = h.daemon.take() {
                 d.kill9();
+                if let Some(dir) = &keep {
+                    keep_log(&d, dir, i);
+                }
             }
         }
         for h in &self.hosts {
             let _ = ip(&["netns", "del", &h.ns]);
         }
         let _ = ip(&["netns", "del", &self.bridge_ns()]);
+    }
+}
+
+/// Copies host `i`'s daemon log into `dir` (`MODELD_LAB_LOGS`: with
+/// `MODELD_TEST_LOG=info,modeld_net::trace=debug` the logs say which piece went from
+/// whom to whom and when; `scripts/lab-trace` reads them).
+fn keep_log(daemon: &Daemon, dir: &Path, i: usize) {
+    let to = dir.join(format!("host{i}.log"));
+    let kept = std::fs::create_dir_all(dir).and_then(|()| std::fs::write(&to, daemon.log()));
+    match kept {
+        Ok(()) => eprintln!("lab: kept host {i}'s log in {}", to.display()),
+        Err(e) => eprintln!(
+            "lab: could not keep host {i}'s log in {}: {e}",
+            to.display()
+        ),
     }
 }

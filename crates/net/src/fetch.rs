@@ -356,11 +356,15 @@ pub async fn fetch(
                     let held = sched.progress().0;
                     let (tx, net) = (tx.clone(), net.clone());
                     let handle = tokio::spawn(async move {
+                        let mut times = RequestTimes::new(now);
                         net.inner.download.acquire(bytes).await;
+                        times.admitted = times.since();
                         let peer = conn.id();
                         // A lost signal (the channel full) only leaves the copies
                         // of this piece waiting elsewhere to be cancelled later.
+                        let first_byte = std::sync::OnceLock::new();
                         let started = || {
+                            let _ = first_byte.set(times.since());
                             let _ = tx.try_send(Event::Started(id));
                         };
                         match conn
@@ -370,8 +374,12 @@ pub async fn fetch(
                             // Once the data is here it is verified and written even if the
                             // request is cancelled meanwhile: the write runs in its own task.
                             Ok(encoded) => {
+                                times.first_byte = first_byte.get().copied().unwrap_or_default();
+                                times.received = times.since();
                                 tokio::spawn(async move {
+                                    let first = ranges.boundaries().first().map_or(0, |c| c.0);
                                     let outcome = write_piece(partial, ranges, encoded).await;
+                                    times.log(id, &peer, blob, first, bytes);
                                     let _ = tx.send(Event::Done { id, peer, outcome }).await;
                                 });
                             }
@@ -773,6 +781,53 @@ async fn finish(
     }
     report.elapsed = started.elapsed();
     Ok(report)
+}
+
+/// When one request's steps happened, for the `modeld_net::trace` debug log (one line
+/// per completed request: enough to rebuild who sent which piece to whom, and where
+/// its time went).
+struct RequestTimes {
+    /// When the scheduler issued it, from the start of the fetch.
+    issued: Duration,
+    at: Instant,
+    /// From `at`: the download budget admitted it, its first byte came, its last byte.
+    admitted: Duration,
+    first_byte: Duration,
+    received: Duration,
+}
+
+impl RequestTimes {
+    fn new(issued: Duration) -> Self {
+        Self {
+            issued,
+            at: Instant::now(),
+            admitted: Duration::ZERO,
+            first_byte: Duration::ZERO,
+            received: Duration::ZERO,
+        }
+    }
+
+    fn since(&self) -> Duration {
+        self.at.elapsed()
+    }
+
+    fn log(&self, id: u64, peer: &PublicKey, blob: usize, first_chunk: u64, bytes: u64) {
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        tracing::debug!(
+            target: "modeld_net::trace",
+            id,
+            %peer,
+            blob,
+            chunk = first_chunk,
+            bytes,
+            issued_ms = ms(self.issued) as u64,
+            admitted_ms = ms(self.admitted) as u64,
+            first_byte_ms = ms(self.first_byte) as u64,
+            received_ms = ms(self.received) as u64,
+            stored_ms = ms(self.since()) as u64,
+            "piece"
+        );
+    }
 }
 
 async fn write_piece(

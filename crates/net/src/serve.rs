@@ -311,6 +311,8 @@ async fn serve_blob(
         return;
     }
     let encoded_len = wire::encoded_len(size, &want) as usize;
+    let asked_at = Instant::now();
+    let first_chunk = want.boundaries().first().map_or(0, |c| c.0);
     // Wait for room in the answer budget (in turn: those that hold least first),
     // unless the asker withdraws the request meanwhile: a swamped seed's queue then
     // holds only requests someone still wants from it.
@@ -336,6 +338,7 @@ async fn serve_blob(
         let _ = reply(&mut send, &wire::encode_error(Status::Elsewhere, msg)).await;
         return;
     }
+    let admitted = asked_at.elapsed();
     let store = net.inner.store.clone();
     let encoded = blocking(move || {
         let mut out = Vec::with_capacity(encoded_len);
@@ -379,6 +382,7 @@ async fn serve_blob(
             return;
         }
     };
+    let encoded_at = asked_at.elapsed();
     let limit = Duration::from_secs_f64(10.0 + body.len() as f64 / SLOWEST_READER);
     // Handed to QUIC by reference count, not copied.
     let body = bytes::Bytes::from(body);
@@ -394,6 +398,20 @@ async fn serve_blob(
         send.finish().map_err(|_| quinn::WriteError::ClosedStream)
     })
     .await;
+    let ms = |d: Duration| (d.as_secs_f64() * 1e3) as u64;
+    tracing::debug!(
+        target: "modeld_net::trace",
+        %peer,
+        blob = %hash.short(),
+        chunk = first_chunk,
+        bytes = data_bytes,
+        waited,
+        admitted_ms = ms(admitted),
+        encoded_ms = ms(encoded_at),
+        sent_ms = ms(asked_at.elapsed()),
+        ok = matches!(sent, Ok(Ok(()))),
+        "answer"
+    );
     match sent {
         Ok(Ok(())) => {
             counters
