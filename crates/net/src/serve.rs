@@ -384,6 +384,9 @@ async fn serve_blob(
     };
     let encoded_at = asked_at.elapsed();
     let limit = Duration::from_secs_f64(10.0 + body.len() as f64 / SLOWEST_READER);
+    // One connection's answers go out in the order they were asked for, each at the
+    // connection's whole rate (see [`answer_priority`]).
+    let _ = send.set_priority(answer_priority(send.id()));
     // Handed to QUIC by reference count, not copied.
     let body = bytes::Bytes::from(body);
     let sent = tokio::time::timeout(limit, async {
@@ -425,9 +428,37 @@ async fn serve_blob(
     }
 }
 
+/// The QUIC send priority of the answer on stream `id`: the earlier the request on
+/// its connection, the higher. quinn interleaves streams of equal priority packet by
+/// packet, so a peer's four pieces would otherwise arrive together after four piece
+/// times, none of them usable (or passed on to others) before the last; in request
+/// order the first is whole after one piece time, the next after two. The asker asks
+/// for its rarest pieces first, and at the start of a burst, when one seed's link is
+/// shared by every fetch, this is what lets the fresh hosts begin trading a second or
+/// two sooner. Other answers (have-maps, manifests) keep priority 0 and pass ahead.
+fn answer_priority(id: quinn::StreamId) -> i32 {
+    let order = i32::try_from(id.index()).unwrap_or(i32::MAX - 1);
+    -1 - order
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn answers_go_out_in_request_order_after_other_replies() {
+        let stream = |i| quinn::StreamId::new(quinn::Side::Client, quinn::Dir::Bi, i);
+        let priorities: Vec<i32> = [0, 1, 2, 1000, u64::MAX >> 2]
+            .into_iter()
+            .map(|i| answer_priority(stream(i)))
+            .collect();
+        assert!(priorities.iter().all(|&p| p < 0), "{priorities:?}");
+        assert!(
+            priorities.windows(2).all(|w| w[0] >= w[1]),
+            "{priorities:?}"
+        );
+        assert!(priorities[0] > priorities[1] && priorities[2] > priorities[3]);
+    }
 
     #[test]
     fn a_peer_over_its_request_rate_is_throttled() {
