@@ -232,10 +232,15 @@ pub struct SimSection {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Serve {
-    /// Up to 64 answers at once sharing the uplink, the rest waiting their turn: the
-    /// daemon (its 64 MiB answer budget in its 1 MiB pieces).
-    #[default]
+    /// Up to 64 answers at once sharing the uplink, the rest waiting their turn (the
+    /// daemon's 64 MiB answer budget in its 1 MiB pieces), one asker's answers side by
+    /// side: the daemon before the seventeenth stop.
     Parallel,
+    /// The daemon: as [`Serve::Parallel`], but one asker's answers go out one at a
+    /// time, in the order its requests arrived (QUIC stream priorities on one
+    /// connection); answers to different askers share the uplink.
+    #[default]
+    InOrder,
     /// First come first served: one answer at a time, and another started whenever
     /// the uplink has room (more than 5 % unused), up to 64. For runs with pieces far
     /// larger than the daemon's: the daemon's 1 MiB answers take milliseconds, so its

@@ -20,8 +20,9 @@
 //!   first 16 KiB chunk group and bans the peer; a departed peer fails its requests;
 //! - as a server, it sends up to 64 answers at once, the others waiting their turn
 //!   (the askers that held least when they asked first, none overtaken for longer
-//!   than `OVERTAKE_LIMIT`: `modeld_proto::turns`), or, with [`Serve::Queue`], one at
-//!   a time and more while its uplink has room.
+//!   than `OVERTAKE_LIMIT`: `modeld_proto::turns`); with [`Serve::InOrder`] (the
+//!   daemon's), one asker's answers one after another in the order asked; with
+//!   [`Serve::Queue`], one at a time and more while its uplink has room.
 //!
 //! Seeds and the origin hold everything from the start. A host that finishes keeps
 //! serving. Everything is ordered by (time, sequence number), and every random
@@ -29,7 +30,7 @@
 
 use std::{
     cmp::Reverse,
-    collections::{BTreeMap, BTreeSet, BinaryHeap},
+    collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque},
     time::Duration,
 };
 
@@ -276,6 +277,10 @@ struct Host {
     /// the askers that held least when they asked first ([`Turns`]).
     sending: u32,
     waiting: Turns<(u32, RequestId)>,
+    /// With [`Serve::InOrder`]: the askers an answer is flowing to now, and the
+    /// requests of each that wait behind it, in the order they arrived.
+    flowing_to: BTreeSet<u32>,
+    behind: BTreeMap<u32, VecDeque<RequestId>>,
     uploaded: u64,
     downloaded: u64,
     verified: u64,
@@ -449,6 +454,8 @@ impl Swarm {
                     holders: Holders::default(),
                     sending: 0,
                     waiting: Turns::default(),
+                    flowing_to: BTreeSet::new(),
+                    behind: BTreeMap::new(),
                     uploaded: 0,
                     downloaded: 0,
                     verified: 0,
@@ -1255,7 +1262,7 @@ impl Swarm {
             let sent = self.net.remove(self.now, fid);
             self.hosts[req.peer as usize].uploaded += sent;
             self.hosts[h as usize].downloaded += sent;
-            self.release_slot(req.peer);
+            self.release_slot(req.peer, h);
         }
     }
 
@@ -1278,10 +1285,42 @@ impl Swarm {
         }
     }
 
-    /// An answer of `peer` ended: the next waiting request gets its turn.
-    fn release_slot(&mut self, peer: u32) {
-        self.hosts[peer as usize].sending -= 1;
+    /// An answer of `peer` to `dst` ended: with [`Serve::InOrder`], `dst`'s next
+    /// request to `peer` comes forward; then the next waiting request gets its turn.
+    fn release_slot(&mut self, peer: u32, dst: u32) {
+        let host = &mut self.hosts[peer as usize];
+        host.sending -= 1;
+        host.flowing_to.remove(&dst);
+        if self.setup.serve == Serve::InOrder {
+            self.start_next_for(peer, dst);
+        }
         self.start_waiting(peer);
+    }
+
+    /// With [`Serve::InOrder`]: `peer` takes up the oldest request of `dst` that waited
+    /// behind its answer to `dst` (it then flows, or waits for a slot like any other).
+    fn start_next_for(&mut self, peer: u32, dst: u32) {
+        if !self.hosts[peer as usize].alive {
+            self.hosts[peer as usize].behind.clear();
+            return;
+        }
+        while let Some(id) = self.hosts[peer as usize]
+            .behind
+            .get_mut(&dst)
+            .and_then(VecDeque::pop_front)
+        {
+            let pending = self
+                .request(dst, id)
+                .is_some_and(|r| matches!(r.state, ReqState::Pending) && r.peer == peer);
+            if pending {
+                self.start_flow(dst, id);
+                break;
+            }
+        }
+        let host = &mut self.hosts[peer as usize];
+        if host.behind.get(&dst).is_some_and(VecDeque::is_empty) {
+            host.behind.remove(&dst);
+        }
     }
 
     /// `peer` starts the answer whose turn is next, if any.
@@ -1291,6 +1330,12 @@ impl Swarm {
             let waiting = self
                 .request(dst, id)
                 .is_some_and(|r| matches!(r.state, ReqState::Pending) && r.peer == peer);
+            if waiting && self.hosts[peer as usize].flowing_to.contains(&dst) {
+                // Its turn came while an earlier answer to the same asker flows.
+                let host = &mut self.hosts[peer as usize];
+                host.behind.entry(dst).or_default().push_back(id);
+                continue;
+            }
             if waiting && !self.points_elsewhere(peer, dst, id, true) {
                 self.begin_answer(dst, id);
                 break;
@@ -1332,8 +1377,14 @@ impl Swarm {
             self.drive(h);
             return;
         }
+        if self.setup.serve == Serve::InOrder && self.hosts[peer as usize].flowing_to.contains(&h) {
+            // Behind the answer flowing to the same asker (one connection).
+            let host = &mut self.hosts[peer as usize];
+            host.behind.entry(h).or_default().push_back(id);
+            return;
+        }
         let limit = match self.setup.serve {
-            Serve::Parallel => self.setup.serve_slots,
+            Serve::Parallel | Serve::InOrder => self.setup.serve_slots,
             Serve::Queue => 1,
         };
         if self.hosts[peer as usize].sending >= limit {
@@ -1386,6 +1437,7 @@ impl Swarm {
         let peer = req.peer;
         let bytes = self.answer_bytes(req);
         self.hosts[peer as usize].sending += 1;
+        self.hosts[peer as usize].flowing_to.insert(h);
         let resources = self.resources(peer, h);
         let fid = self.net.add(&resources, bytes, 0);
         self.flows.insert(fid, (h, id));
@@ -1416,7 +1468,7 @@ impl Swarm {
         let sent = self.answer_bytes(&req);
         self.hosts[peer as usize].uploaded += sent;
         self.hosts[h as usize].downloaded += sent;
-        self.release_slot(peer);
+        self.release_slot(peer, h);
         let t = Duration::from_nanos(now);
         if corrupt {
             self.fetch_mut(h)

@@ -58,7 +58,7 @@ fn the_same_scenario_and_seed_give_the_same_files_byte_for_byte() {
 
 #[test]
 fn every_host_ends_with_every_piece_exactly_once_and_liars_are_banned() {
-    for serve in ["parallel", "queue"] {
+    for serve in ["parallel", "inorder", "queue"] {
         let text = format!("{EVERYTHING}[sim]\nserve = \"{serve}\"\n");
         everything_verified_once(&text);
     }
