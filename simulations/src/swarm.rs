@@ -1309,10 +1309,7 @@ impl Swarm {
             .get_mut(&dst)
             .and_then(VecDeque::pop_front)
         {
-            let pending = self
-                .request(dst, id)
-                .is_some_and(|r| matches!(r.state, ReqState::Pending) && r.peer == peer);
-            if pending {
+            if self.pending_at(peer, dst, id) {
                 self.start_flow(dst, id);
                 break;
             }
@@ -1323,17 +1320,30 @@ impl Swarm {
         }
     }
 
+    /// Whether request `id` of host `dst` still waits for an answer from `peer`.
+    fn pending_at(&self, peer: u32, dst: u32, id: RequestId) -> bool {
+        self.request(dst, id)
+            .is_some_and(|r| matches!(r.state, ReqState::Pending) && r.peer == peer)
+    }
+
+    /// With [`Serve::InOrder`], while an answer of `peer` to `dst` flows, request `id`
+    /// of `dst` waits behind it (one connection): returns whether it was put there.
+    fn queue_behind(&mut self, peer: u32, dst: u32, id: RequestId) -> bool {
+        let host = &mut self.hosts[peer as usize];
+        if self.setup.serve != Serve::InOrder || !host.flowing_to.contains(&dst) {
+            return false;
+        }
+        host.behind.entry(dst).or_default().push_back(id);
+        true
+    }
+
     /// `peer` starts the answer whose turn is next, if any.
     fn start_waiting(&mut self, peer: u32) {
         let now = Duration::from_nanos(self.now);
         while let Some((_, (dst, id))) = self.hosts[peer as usize].waiting.pop(now) {
-            let waiting = self
-                .request(dst, id)
-                .is_some_and(|r| matches!(r.state, ReqState::Pending) && r.peer == peer);
-            if waiting && self.hosts[peer as usize].flowing_to.contains(&dst) {
-                // Its turn came while an earlier answer to the same asker flows.
-                let host = &mut self.hosts[peer as usize];
-                host.behind.entry(dst).or_default().push_back(id);
+            let waiting = self.pending_at(peer, dst, id);
+            // Its turn may come while an earlier answer to the same asker flows.
+            if waiting && self.queue_behind(peer, dst, id) {
                 continue;
             }
             if waiting && !self.points_elsewhere(peer, dst, id, true) {
@@ -1377,10 +1387,7 @@ impl Swarm {
             self.drive(h);
             return;
         }
-        if self.setup.serve == Serve::InOrder && self.hosts[peer as usize].flowing_to.contains(&h) {
-            // Behind the answer flowing to the same asker (one connection).
-            let host = &mut self.hosts[peer as usize];
-            host.behind.entry(h).or_default().push_back(id);
+        if self.queue_behind(peer, h, id) {
             return;
         }
         let limit = match self.setup.serve {
