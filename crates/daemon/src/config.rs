@@ -46,6 +46,12 @@ pub(crate) struct Args {
     #[arg(long, value_name = "N")]
     pub(crate) hash_threads: Option<usize>,
 
+    /// Threads that run the network (QUIC, the protocol and the local API); hashing and
+    /// disk work have threads of their own. Default: a quarter of the cores, at least
+    /// 1. [config: net.threads]
+    #[arg(long, value_name = "N")]
+    pub(crate) net_threads: Option<usize>,
+
     /// Data-plane (QUIC) address to listen on; port 0 picks one. [config: net.listen, default 0.0.0.0:4810]
     #[arg(long, value_name = "IP:PORT")]
     pub(crate) listen: Option<String>,
@@ -118,6 +124,7 @@ struct SafetySection {
 #[derive(Debug, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct NetSection {
+    threads: Option<usize>,
     listen: Option<String>,
     allow_peers: Option<Vec<String>>,
     upload_rate: Option<String>,
@@ -178,6 +185,8 @@ pub(crate) struct Config {
 /// The effective data-plane settings.
 #[derive(Debug, Clone)]
 pub(crate) struct NetSettings {
+    /// Worker threads of the async runtime.
+    pub(crate) threads: usize,
     pub(crate) listen: SocketAddr,
     pub(crate) allow_peers: Vec<PublicKey>,
     pub(crate) upload_rate: u64,
@@ -223,6 +232,13 @@ impl Config {
             .or(file.safety.allow_pickle)
             .unwrap_or(false);
         let n = file.net;
+        let threads = args
+            .net_threads
+            .or(n.threads)
+            .unwrap_or_else(default_net_threads);
+        if threads == 0 {
+            bail!("net.threads must be at least 1");
+        }
         let net_listen = args
             .listen
             .clone()
@@ -253,6 +269,7 @@ impl Config {
                 .map_err(|e| anyhow::anyhow!("net.bootstrap: {e}"))?;
         }
         let net = NetSettings {
+            threads,
             p2p_listen: p2p_listen
                 .parse()
                 .with_context(|| format!("net.p2p_listen must be IP:PORT, not {p2p_listen:?}"))?,
@@ -334,6 +351,7 @@ impl Config {
                 hash_threads: Some(self.hash_threads),
             },
             net: NetSection {
+                threads: Some(self.net.threads),
                 listen: Some(self.net.listen.to_string()),
                 allow_peers: Some(
                     self.net
@@ -362,6 +380,16 @@ impl Config {
             toml::to_string_pretty(&file).unwrap_or_default()
         )
     }
+}
+
+/// A quarter of the cores, at least one. The network's threads move packets; the
+/// work per byte (hashing, verifying, reading and writing the store) runs on the
+/// blocking pool. More network threads than that mostly wake each other: in the lab's
+/// burst at 100 Mbit/s (eight daemons on two cores) one thread each instead of two
+/// cost 9 % less CPU, and a transfer on loopback ran 11 % faster
+/// (`docs/benchmarks.md`).
+fn default_net_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| (n.get() / 4).max(1))
 }
 
 fn read_file(path: &Path) -> anyhow::Result<FileConfig> {
@@ -501,14 +529,21 @@ mod tests {
             "10MiB",
             "--request-timeout",
             "2s",
+            "--net-threads",
+            "3",
         ]))
         .unwrap();
+        assert_eq!(c.net.threads, 3);
         assert_eq!(c.net.listen, "127.0.0.1:0".parse().unwrap());
         assert_eq!(c.net.peers.len(), 1);
         assert_eq!(c.net.allow_peers.len(), 1);
         assert_eq!(c.net.upload_rate, 10 << 20);
         assert_eq!(c.net.request_timeout, Duration::from_secs(2));
         assert!(Config::load(&args(&["--data-dir", d, "--peer", "nowhere"])).is_err());
+        let err = Config::load(&args(&["--data-dir", d, "--net-threads", "0"])).unwrap_err();
+        assert!(err.to_string().contains("net.threads"), "{err}");
+        let default = Config::load(&args(&["--data-dir", d])).unwrap();
+        assert!(default.net.threads >= 1);
     }
 
     #[test]
