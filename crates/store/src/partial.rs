@@ -462,6 +462,7 @@ impl PartialBlob {
         };
         let hash = self.shared.hash;
         let io = |what: &str, e| StoreError::io(format!("{what} of blob {hash}"), e);
+        let started = Instant::now();
         self.shared
             .data
             .sync_data()
@@ -473,7 +474,15 @@ impl PartialBlob {
         let recorded = &durable | &snapshot;
         let store = &self.shared.store;
         if ranges::is_complete(&recorded, self.shared.size) {
-            match store.complete_partial(&self.shared)? {
+            let flushed = started.elapsed();
+            let verdict = store.complete_partial(&self.shared)?;
+            tracing::debug!(
+                blob = %hash,
+                flush_ms = flushed.as_millis() as u64,
+                verify_ms = (started.elapsed() - flushed).as_millis() as u64,
+                "blob whole: flushed and verified end to end"
+            );
+            match verdict {
                 None => {
                     let mut s = self.lock();
                     s.complete = true;
