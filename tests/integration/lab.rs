@@ -125,9 +125,24 @@ fn start_fetch(data: &Path, what: &str, out: Option<&Path>) -> Child {
         .unwrap()
 }
 
+/// What one burst gave: each host's (index, seconds, JSON summary), and its CPU cost.
+struct Burst {
+    results: Vec<(usize, f64, serde_json::Value)>,
+    /// CPU-seconds all the lab's daemons used from the start to the last host's end.
+    daemons_cpu: f64,
+    /// The machine's busy and total CPU-seconds over the same time.
+    machine: ((f64, f64), (f64, f64)),
+}
+
 /// Runs `modelctl fetch org/model` on `hosts` at the same moment; returns for each host
-/// the seconds it took and its JSON summary.
-fn burst(sw: &Swarm, hosts: &[usize]) -> Vec<(usize, f64, serde_json::Value)> {
+/// the seconds it took and its JSON summary, and what the burst cost in CPU.
+fn burst(sw: &Swarm, hosts: &[usize]) -> Burst {
+    let daemons_cpu = || -> f64 {
+        (0..sw.lab.hosts.len())
+            .map(|i| process_cpu(sw.lab.daemon(i).pid()))
+            .sum()
+    };
+    let (cpu0, machine0) = (daemons_cpu(), machine_cpu());
     let started = Instant::now();
     let children: Vec<(usize, Child)> = hosts
         .iter()
@@ -148,10 +163,16 @@ fn burst(sw: &Swarm, hosts: &[usize]) -> Vec<(usize, f64, serde_json::Value)> {
             })
         })
         .collect();
-    waiters.into_iter().map(|w| w.join().unwrap()).collect()
+    let results = waiters.into_iter().map(|w| w.join().unwrap()).collect();
+    Burst {
+        results,
+        daemons_cpu: daemons_cpu() - cpu0,
+        machine: (machine0, machine_cpu()),
+    }
 }
 
-fn report(name: &str, sw: &Swarm, results: &[(usize, f64, serde_json::Value)]) {
+fn report(name: &str, sw: &Swarm, burst: &Burst) {
+    let results = &burst.results;
     let f_bits = sw.total as f64 * 8.0;
     let rate = measured_rate();
     let bound = f_bits / (f64::from(rate) * 1e6);
@@ -165,7 +186,8 @@ fn report(name: &str, sw: &Swarm, results: &[(usize, f64, serde_json::Value)]) {
          all hosts sent {:.2} F on the wire for the {} F they fetched; {:.2} F arrived twice\n\
          last host done in {last:.1} s; bound F/U = {bound:.1} s; ratio {:.2}\n\
          seed uploaded {:.0} MiB = {:.2} F ({:.2} F on the wire); it pointed {} requests elsewhere\n\
-         packets dropped by the shaped links, per host (out, in): {:?}\n",
+         packets dropped by the shaped links, per host (out, in): {:?}\n\
+         the daemons used {:.1} CPU-s ({:.1} ns per byte fetched); the machine was {:.0} % busy\n",
         results.len(),
         sw.total as f64 / f64::from(1 << 20),
         (0..sw.lab.hosts.len())
@@ -186,6 +208,9 @@ fn report(name: &str, sw: &Swarm, results: &[(usize, f64, serde_json::Value)]) {
         (0..sw.lab.hosts.len())
             .map(|i| sw.lab.drops(i))
             .collect::<Vec<_>>(),
+        burst.daemons_cpu,
+        burst.daemons_cpu * 1e9 / (sw.total as f64 * results.len() as f64),
+        busy_percent(burst.machine),
     );
 }
 
@@ -217,9 +242,9 @@ fn lab_autoscaling_burst_over_mdns() {
     let Some(sw) = swarm(8, GIB_MODEL, true) else {
         return;
     };
-    let results = burst(&sw, &(1..8).collect::<Vec<_>>());
-    report("burst, mDNS only", &sw, &results);
-    check_all_have_it(&sw, &results);
+    let burst = burst(&sw, &(1..8).collect::<Vec<_>>());
+    report("burst, mDNS only", &sw, &burst);
+    check_all_have_it(&sw, &burst.results);
     // The fresh hosts served each other: the seed did not send everything.
     let served_by_others: u64 = (1..8)
         .map(|i| sw.lab.daemon(i).counter("bytes_served"))
@@ -235,9 +260,9 @@ fn lab_burst_through_the_dht_only() {
     let Some(sw) = swarm(8, GIB_MODEL, false) else {
         return;
     };
-    let results = burst(&sw, &(1..8).collect::<Vec<_>>());
-    report("burst, DHT only (one bootstrap address)", &sw, &results);
-    check_all_have_it(&sw, &results);
+    let burst = burst(&sw, &(1..8).collect::<Vec<_>>());
+    report("burst, DHT only (one bootstrap address)", &sw, &burst);
+    check_all_have_it(&sw, &burst.results);
     for i in 1..8 {
         let peers = sw.lab.daemon(i).ctl_json(&["peers"]);
         assert!(
@@ -420,22 +445,12 @@ fn lab_pair_cpu_cost() {
     };
     let model = write_model(&lab, &files);
     let sw = start_swarm(lab, model, &files, true);
-    let cpu = |pid: u32| -> f64 {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-        let f: Vec<&str> = stat
-            .rsplit(')')
-            .next()
-            .unwrap()
-            .split_whitespace()
-            .collect();
-        (f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap()) / 100.0
-    };
     let (p0, p1) = (sw.lab.daemon(0).pid(), sw.lab.daemon(1).pid());
-    let (a0, a1) = (cpu(p0), cpu(p1));
+    let (a0, a1) = (process_cpu(p0), process_cpu(p1));
     let t = Instant::now();
     sw.lab.daemon(1).ctl_ok(&["fetch", "org/model"]);
     let secs = t.elapsed().as_secs_f64();
-    let (b0, b1) = (cpu(p0), cpu(p1));
+    let (b0, b1) = (process_cpu(p0), process_cpu(p1));
     eprintln!(
         "pair: {secs:.1} s for {} MiB; seed {:.1} CPU-s, fetcher {:.1} CPU-s: {:.1} ns/byte",
         sw.total >> 20,
@@ -628,6 +643,24 @@ fn machine_cpu() -> (f64, f64) {
     ((total - idle) / 100.0, total / 100.0)
 }
 
+/// How busy the machine was between two [`machine_cpu`] readings, in percent.
+fn busy_percent(((busy0, total0), (busy1, total1)): ((f64, f64), (f64, f64))) -> f64 {
+    100.0 * (busy1 - busy0) / (total1 - total0)
+}
+
+/// CPU-seconds process `pid` has used so far (user and system), from `/proc`.
+fn process_cpu(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // The fields after the command name, which is in parentheses and may hold spaces.
+    let f: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    (f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap()) / 100.0
+}
+
 /// The autoscaling burst with BitTorrent and with modeld in one lab, one after the
 /// other, reported side by side against the same bound.
 #[test]
@@ -645,23 +678,20 @@ fn lab_burst_against_bittorrent() {
     bt_times.sort_by(f64::total_cmp);
     let sw = start_swarm(lab, model, GIB_MODEL, true);
     let wire0 = sw.lab.wire_sent(0);
-    let cpu1 = machine_cpu();
-    let results = burst(&sw, &(1..8).collect::<Vec<_>>());
-    let md_cpu = machine_cpu();
+    let burst = burst(&sw, &(1..8).collect::<Vec<_>>());
     let md_seed = sw.lab.wire_sent(0) - wire0;
-    check_all_have_it(&sw, &results);
-    let mut md_times: Vec<f64> = results.iter().map(|r| r.1).collect();
+    check_all_have_it(&sw, &burst.results);
+    let mut md_times: Vec<f64> = burst.results.iter().map(|r| r.1).collect();
     md_times.sort_by(f64::total_cmp);
     let bound = total as f64 * 8.0 / (f64::from(rate) * 1e6);
     let line = |name: &str, times: &[f64], seed: u64, cpu: ((f64, f64), (f64, f64))| {
         let last = times[times.len() - 1];
-        let ((b0, t0), (b1, t1)) = cpu;
         eprintln!(
             "{name:<20} last {last:5.1} s = {:.2}x F/U   median {:5.1} s   seed sent {:.2} F on the wire   machine busy {:.0} %   times {times:.1?}",
             last / bound,
             times[times.len() / 2],
             seed as f64 / total as f64,
-            100.0 * (b1 - b0) / (t1 - t0),
+            busy_percent(cpu),
         );
     };
     eprintln!(
@@ -669,5 +699,5 @@ fn lab_burst_against_bittorrent() {
         total >> 20
     );
     line("BitTorrent (aria2c)", &bt_times, bt_seed, (cpu0, bt_cpu));
-    line("modeld (mDNS)", &md_times, md_seed, (cpu1, md_cpu));
+    line("modeld (mDNS)", &md_times, md_seed, burst.machine);
 }
