@@ -22,26 +22,9 @@ use modeld_sim::{
 };
 
 /// A large run allocates and frees hundreds of millions of small have-maps and
-/// requests; mimalloc does it in about a tenth less time than glibc's allocator
-/// (docs/simulations/README.md, "Cost of a run").
+/// requests: mimalloc, keeping freed memory for reuse (see `modeld_alloc`).
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-/// `mi_option_purge_delay` in mimalloc's `mimalloc.h` (the same place in its v2 and v3).
-const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
-
-/// Keeps freed memory mapped instead of handing it back to the kernel 10 ms later:
-/// a run frees and allocates again all the time, and every page handed back was
-/// zeroed by the kernel when taken again (about 5 % of a run in a profile; burst-1k
-/// 48.4-48.8 s -> 44.2-45.7 s). Peak memory is unchanged: what is kept is reused.
-/// `MIMALLOC_PURGE_DELAY` in the environment still decides, if set.
-fn keep_freed_memory() {
-    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
-        // SAFETY: `mi_option_set` stores an option's value, here first thing in `main`
-        // while no other thread runs; -1 is a documented value of this option.
-        unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
-    }
-}
+static ALLOCATOR: modeld_alloc::MiMalloc = modeld_alloc::MiMalloc;
 
 /// What one run gives the table of a multi-seed run.
 struct Ran {
@@ -180,7 +163,7 @@ NAME-seeds.md, a table of them all; --jobs runs that many at once (default: one 
 See docs/simulations/README.md.";
 
 fn main() -> anyhow::Result<()> {
-    keep_freed_memory();
+    modeld_alloc::keep_freed_memory();
     let mut args = std::env::args().skip(1);
     let mut file = None;
     let mut out = PathBuf::from("docs/simulations");
