@@ -15,7 +15,7 @@
 //!
 //! Each binary declares the allocator and calls [`keep_freed_memory`] first thing:
 //!
-//! ```ignore
+//! ```
 //! #[global_allocator]
 //! static ALLOCATOR: modeld_alloc::MiMalloc = modeld_alloc::MiMalloc;
 //!
